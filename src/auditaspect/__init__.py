@@ -1,0 +1,46 @@
+"""auditaspect: security audit trails as an aspect.
+
+Decorate service methods with :func:`audited`; events travel on blinker
+signals (:mod:`auditaspect.signals`); a :class:`PeeweeSink` redacts them and
+appends them to the ``audit_log`` table (:class:`AuditRecord`).
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import signals
+from .context import AuditContext, audit_context, current_context
+from .decorator import audited, emit
+from .errors import AppendOnlyError, AuditError, AuditWriteError
+from .events import AuditEvent, Call, EventType
+from .model import AuditRecord
+from .redaction import Redactor, get_redactor, set_redactor, token_prefix
+from .sink import PeeweeSink
+
+try:
+    __version__ = version("auditaspect")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "AppendOnlyError",
+    "AuditContext",
+    "AuditError",
+    "AuditEvent",
+    "AuditRecord",
+    "AuditWriteError",
+    "Call",
+    "EventType",
+    "PeeweeSink",
+    "Redactor",
+    "__version__",
+    "audit_context",
+    "audited",
+    "current_context",
+    "emit",
+    "get_redactor",
+    "set_redactor",
+    "signals",
+    "token_prefix",
+]

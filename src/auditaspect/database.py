@@ -1,0 +1,95 @@
+"""Turning "a peewee Database or a URL" into a peewee Database.
+
+Shared by the sink and the tools that read the log, so that a URL means the
+same database, opened the same way, everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import peewee
+from playhouse import db_url
+
+__all__ = ["DEFAULT_URL", "ENV_URL", "open_database", "resolve_url"]
+
+ENV_URL = "AUDITASPECT_DATABASE_URL"
+DEFAULT_URL = "sqlite:///audit.db"
+# WAL lets readers work while the sink writes; synchronous=NORMAL keeps every
+# commit across a process crash (a power cut may lose the last few commits).
+SQLITE_PRAGMAS: tuple[tuple[str, Any], ...] = (("journal_mode", "wal"), ("synchronous", "normal"))
+# A locked database must not stall audited calls for long.
+SQLITE_BUSY_TIMEOUT = 5.0
+
+
+def resolve_url(url: str | None) -> str:
+    """Return ``url``, else ``$AUDITASPECT_DATABASE_URL``, else ``sqlite:///audit.db``."""
+    return url or os.environ.get(ENV_URL) or DEFAULT_URL
+
+
+def sqlite_path(url: str) -> str | None:
+    """Return the file path of a ``sqlite:///`` URL (``None`` for other URLs)."""
+    parsed = urlparse(url)
+    if parsed.scheme != "sqlite":
+        return None
+    path = unquote(parsed.path)
+    # sqlite:///audit.db is relative, sqlite:////var/audit.db absolute.
+    return path[1:] if path.startswith("/") else path
+
+
+def _create_private(path: str) -> None:
+    """Create the database file readable and writable by its owner only.
+
+    SQLite gives the -wal and -shm files the database file's mode, so they
+    are private too. An existing file keeps the mode it has.
+    """
+    if path in ("", ":memory:") or path.startswith("file:"):
+        return
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
+def open_database(database: peewee.Database | str | None) -> tuple[peewee.Database, bool]:
+    """Return ``(database, owned)`` for a peewee ``Database`` or a URL.
+
+    A ``Database`` is used as it is (``owned`` is ``False``: the caller keeps
+    managing it). A URL (``sqlite:///path``, ``postgresql://...``, or any
+    scheme of ``playhouse.db_url``) is opened with the defaults auditaspect
+    relies on: for SQLite, a private (0600) file, WAL, ``BEGIN IMMEDIATE`` for
+    writers and a 5 s busy timeout. A URL peewee cannot open is a
+    ``ValueError`` that says which schemes work.
+    """
+    if isinstance(database, peewee.Database):
+        return database, False
+    if database is not None and not isinstance(database, str):
+        raise TypeError(
+            f"database must be a peewee Database or a URL string, not {type(database).__name__}"
+        )
+    url = resolve_url(database)
+    path = sqlite_path(url)
+    try:
+        if path is not None:
+            if not path:
+                raise ValueError(f"{url!r} names no file; use sqlite:///audit.db")
+            _create_private(path)
+            return (
+                peewee.SqliteDatabase(
+                    path,
+                    pragmas=SQLITE_PRAGMAS,
+                    timeout=SQLITE_BUSY_TIMEOUT,
+                    lock_type="IMMEDIATE",
+                ),
+                True,
+            )
+        return db_url.connect(url), True
+    except RuntimeError as exc:  # db_url's "unsupported scheme"
+        scheme = urlparse(url).scheme or "(none)"
+        raise ValueError(
+            f"cannot open audit database URL scheme {scheme!r}; "
+            "use sqlite:///path.db or postgresql://user:pass@host/db"
+        ) from exc

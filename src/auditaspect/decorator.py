@@ -1,0 +1,266 @@
+"""How events enter the pipeline: the ``@audited`` decorator and :func:`emit`.
+
+``@audited`` is built on wrapt, so it keeps the wrapped callable's name,
+docstring and signature and works on functions, instance methods,
+classmethods and staticmethods (put it *outside* ``@classmethod`` /
+``@staticmethod``). wrapt does not await coroutines: an ``async def`` gets its
+own ``async`` wrapper, so its event fires after the await completes, never
+before the body has run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, cast
+
+import wrapt
+
+from .binding import Binder
+from .context import current_context
+from .events import FAILURE, SUCCESS, AuditEvent, Call, Outcome, event_type_value
+from .redaction import get_redactor
+from .signals import has_receivers, send
+
+__all__ = ["Extractor", "audited", "emit"]
+
+logger = logging.getLogger("auditaspect")
+
+Extractor = Callable[[Call], Mapping[str, Any]]
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Exception messages can be huge; the log needs the start of them.
+MAX_ERROR_MESSAGE = 4096
+# Detail keys that fill the event's columns (and stay in the details).
+_COLUMN_KEYS = ("actor", "plan_id", "ip", "correlation_id")
+
+
+def _column(value: Any) -> str | None:
+    # Details are redacted and JSON-safe by now: only the type changes here.
+    return None if value is None else str(value)
+
+
+def describe_error(error: BaseException) -> str:
+    """Return ``"TypeName: message"`` with the message redacted and capped."""
+    try:
+        message = str(error)
+    except Exception:
+        message = "<unprintable message>"
+    if len(message) > MAX_ERROR_MESSAGE:
+        message = message[:MAX_ERROR_MESSAGE] + "…"
+    message = get_redactor().redact_text(message)
+    name = type(error).__name__
+    return f"{name}: {message}" if message else name
+
+
+def build_event(
+    event_type: str,
+    details: Mapping[str, Any],
+    *,
+    target: str,
+    outcome: Outcome = SUCCESS,
+    error: BaseException | None = None,
+) -> AuditEvent:
+    """Build a redacted event from details and the ambient audit context.
+
+    The keys ``actor``, ``plan_id``, ``ip`` and ``correlation_id`` in
+    ``details`` fill those columns, over what :func:`audit_context` set.
+    """
+    ctx = current_context()
+    redactor = get_redactor()
+    clean = redactor.redact(details)
+    columns = {key: clean.get(key) for key in _COLUMN_KEYS}
+    return AuditEvent(
+        event_type=event_type,
+        outcome=outcome,
+        actor=_column(columns["actor"]) or ctx.actor,
+        plan_id=_column(columns["plan_id"]),
+        ip=_column(columns["ip"]) or ctx.ip,
+        correlation_id=_column(columns["correlation_id"]) or ctx.correlation_id,
+        target=target,
+        details=clean,
+        error=None if error is None else describe_error(error),
+    )
+
+
+def emit(event_type: str, /, **details: Any) -> AuditEvent:
+    """Send an event by hand, through the same pipeline as ``@audited``.
+
+    For audit points that are not a method call, such as a login handler's
+    failure branch. The details are redacted, the audit context applies, and
+    ``outcome``/``error`` may be given as keywords (``outcome="failure"``,
+    ``error="reason"``); they are taken out of the details. Returns the event
+    that was sent. A bad ``event_type`` is a ``TypeError``.
+    """
+    name = event_type_value(event_type)
+    outcome = details.pop("outcome", SUCCESS)
+    error_text = details.pop("error", None)
+    frame = sys._getframe(1)
+    code = frame.f_code
+    target = f"{frame.f_globals.get('__name__', '?')}.{getattr(code, 'co_qualname', code.co_name)}"
+    event = build_event(name, details, target=target, outcome=outcome)
+    if error_text is not None:
+        event = _with_error(event, str(error_text))
+    send(None, event)
+    return event
+
+
+def _with_error(event: AuditEvent, text: str) -> AuditEvent:
+    import attrs
+
+    return attrs.evolve(event, error=get_redactor().redact_text(text[:MAX_ERROR_MESSAGE]))
+
+
+class _Audit:
+    """The per-decoration state shared by the sync and async wrappers."""
+
+    __slots__ = ("binder", "event_type", "extractor", "is_static", "on_error", "target")
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        event_type: str,
+        extractor: Extractor | None,
+        on_error: str | None,
+        *,
+        is_static: bool,
+    ) -> None:
+        self.event_type = event_type
+        self.extractor = extractor
+        self.on_error = on_error
+        self.is_static = is_static
+        self.binder = Binder(func)
+        self.target = f"{func.__module__}.{func.__qualname__}"
+
+    def call(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any], **kw: Any) -> Call:
+        skip = instance is not None and not self.is_static
+        return Call(
+            target=self.target,
+            arguments=self.binder.bind(args, kwargs, skip_first=skip),
+            instance=instance,
+            **kw,
+        )
+
+    def details(self, call: Call) -> Mapping[str, Any]:
+        if self.extractor is None:
+            return call.arguments
+        try:
+            details = self.extractor(call)
+            if not isinstance(details, Mapping):
+                raise TypeError(f"extractor returned {type(details).__name__}, not a Mapping")
+            return details
+        except Exception as exc:
+            logger.exception("audit extractor for %s failed; recording the arguments", self.target)
+            return {"extractor_error": describe_error(exc), "arguments": call.arguments}
+
+    def succeeded(
+        self,
+        wrapped: Any,
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        result: Any,
+    ) -> None:
+        if not has_receivers(self.event_type):
+            return
+        call = self.call(instance, args, kwargs, result=result)
+        event = build_event(self.event_type, self.details(call), target=self.target)
+        send(instance if instance is not None else wrapped, event)
+
+    def failed(
+        self,
+        wrapped: Any,
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        error: Exception,
+    ) -> None:
+        """Send the failure event; never raise (the caller re-raises ``error``)."""
+        if self.on_error is None or not has_receivers(self.on_error):
+            return
+        try:
+            call = self.call(instance, args, kwargs, error=error)
+            event = build_event(
+                self.on_error, self.details(call), target=self.target, outcome=FAILURE, error=error
+            )
+            send(instance if instance is not None else wrapped, event)
+        except Exception:
+            logger.exception(
+                "could not record the %s failure event of %s", self.on_error, self.target
+            )
+
+
+def audited(
+    event_type: str, extractor: Extractor | None = None, *, on_error: str | None = None
+) -> Callable[[F], F]:
+    """Audit every successful call of the decorated callable.
+
+    After the call returns, an :class:`AuditEvent` of ``event_type`` is built
+    (details from ``extractor(call)``, or the call's arguments by name when
+    there is no extractor), redacted, and sent on :data:`signals.audit_event`
+    and ``signals.signal_for(event_type)``. With nobody listening, nothing is
+    built. The return value is passed through unchanged.
+
+    An exception from the call is re-raised unchanged and produces no success
+    event; with ``on_error`` set, a failure event of that type (outcome
+    ``"failure"``, the exception's type and redacted message in ``error``) is
+    sent first. An extractor that raises does not break the call: the event
+    records the extractor's error and the arguments. Receiver errors are
+    logged and isolated, except a strict sink's ``AuditWriteError``, which is
+    raised to the caller.
+
+    A bad ``event_type`` or ``on_error`` (not a non-empty string) or an
+    ``extractor`` that is not callable is a ``TypeError`` here, at decoration.
+    """
+    name = event_type_value(event_type)
+    error_name = None if on_error is None else event_type_value(on_error)
+    if extractor is not None and not callable(extractor):
+        raise TypeError(f"extractor must be callable or None, not {type(extractor).__name__}")
+
+    def decorate(func: F) -> F:
+        if isinstance(func, (classmethod, staticmethod)):
+            raw = func.__func__
+        elif callable(func):
+            raw = func
+        else:
+            raise TypeError(f"@audited can only decorate callables, not {type(func).__name__}")
+        audit = _Audit(raw, name, extractor, error_name, is_static=isinstance(func, staticmethod))
+        if inspect.iscoroutinefunction(raw):
+            return cast(F, _async_wrapper(audit)(func))
+        return cast(F, _sync_wrapper(audit)(func))
+
+    return decorate
+
+
+def _sync_wrapper(audit: _Audit) -> Any:
+    @wrapt.decorator
+    def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        try:
+            result = wrapped(*args, **kwargs)
+        except Exception as exc:
+            audit.failed(wrapped, instance, args, kwargs, exc)
+            raise
+        audit.succeeded(wrapped, instance, args, kwargs, result)
+        return result
+
+    return wrapper
+
+
+def _async_wrapper(audit: _Audit) -> Any:
+    @wrapt.decorator
+    async def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        try:
+            result = await wrapped(*args, **kwargs)
+        except Exception as exc:
+            audit.failed(wrapped, instance, args, kwargs, exc)
+            raise
+        audit.succeeded(wrapped, instance, args, kwargs, result)
+        return result
+
+    return wrapper

@@ -1,0 +1,130 @@
+"""The audit event and what extractors receive.
+
+An :class:`AuditEvent` is the one value that flows through the whole pipeline:
+the decorator builds it, signals carry it, sinks store it. It is frozen, so a
+receiver cannot change what the next receiver (or the database) sees.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import attrs
+
+__all__ = ["FAILURE", "SUCCESS", "AuditEvent", "Call", "EventType", "Outcome", "event_type_value"]
+
+Outcome = Literal["success", "failure"]
+SUCCESS: Outcome = "success"
+FAILURE: Outcome = "failure"
+
+
+class EventType(str, enum.Enum):
+    """The nine security-relevant event types auditaspect knows by name.
+
+    Any other non-empty string is accepted wherever an event type is, for an
+    application's own types. Use ``.value`` (not ``f"{member}"``, which gives
+    ``"EventType.PLAN_APPLIED"`` on Python 3.11+) when a plain string is needed.
+    """
+
+    PLAN_APPLIED = "plan_applied"
+    PLAN_CANCELLED = "plan_cancelled"
+    RESOURCE_MODIFIED = "resource_modified"
+    CORRECTION_APPLIED = "correction_applied"
+    CONFIG_CHANGED = "config_changed"
+    ENTITY_DELETED = "entity_deleted"
+    SESSION_CREATED = "session_created"
+    AUTH_SUCCESS = "auth_success"
+    AUTH_FAILURE = "auth_failure"
+
+
+def event_type_value(event_type: object) -> str:
+    """Return the plain string of an event type, or raise ``TypeError``.
+
+    Accepts an :class:`EventType` member or any non-empty ``str``. Called at
+    decoration time so that a typo'd or missing type fails on import, not on
+    the first audited call.
+    """
+    if isinstance(event_type, EventType):
+        return event_type.value
+    if not isinstance(event_type, str):
+        raise TypeError(
+            f"event_type must be an EventType or a non-empty str, not {type(event_type).__name__}"
+        )
+    if not event_type.strip():
+        raise TypeError("event_type must be a non-empty string, e.g. EventType.PLAN_APPLIED")
+    return event_type
+
+
+def _new_event_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError(
+            "AuditEvent.timestamp must be timezone-aware (use datetime.now(timezone.utc))"
+        )
+    return value.astimezone(timezone.utc)
+
+
+def _outcome(_: object, __: attrs.Attribute[str], value: str) -> None:
+    if value not in (SUCCESS, FAILURE):
+        raise ValueError(f"outcome must be 'success' or 'failure', not {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class AuditEvent:
+    """One audited fact: who did what, when, from where, with what outcome.
+
+    Every field has a safe default except ``event_type``, so an event can be
+    built by hand (``AuditEvent(event_type="config_changed", details={...})``).
+    ``event_type`` is normalised to its plain string, ``timestamp`` to UTC (a
+    naive datetime is a ``ValueError``). Events built by the decorator or by
+    :func:`auditaspect.emit` are already redacted; sinks redact every event
+    again, so a hand-built one is safe too.
+    """
+
+    event_type: str = attrs.field(converter=event_type_value)
+    event_id: str = attrs.field(factory=_new_event_id)
+    timestamp: datetime = attrs.field(factory=_utc_now, converter=_utc)
+    outcome: Outcome = attrs.field(default=SUCCESS, validator=_outcome)
+    actor: str | None = None
+    plan_id: str | None = None
+    ip: str | None = None
+    correlation_id: str | None = None
+    target: str = ""
+    details: Mapping[str, Any] = attrs.field(factory=dict)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the event as plain JSON-ready values (timestamp in ISO 8601)."""
+        data = attrs.asdict(self, recurse=False)
+        data["timestamp"] = self.timestamp.isoformat()
+        data["details"] = dict(self.details)
+        return data
+
+
+@attrs.frozen(kw_only=True)
+class Call:
+    """What an extractor receives about one audited call.
+
+    ``arguments`` maps every parameter name to its value, defaults applied and
+    ``self``/``cls`` left out, however the caller passed them. ``result`` is the
+    return value on success (``None`` on failure); ``error`` is the exception on
+    failure (``None`` on success). ``target`` is the wrapped callable's
+    ``module.qualname``; ``instance`` is the bound object or class, if any.
+    """
+
+    target: str
+    arguments: Mapping[str, Any]
+    instance: Any = None
+    result: Any = None
+    error: BaseException | None = None
