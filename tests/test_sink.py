@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sqlite3
+import weakref
 from pathlib import Path
 
 import peewee
@@ -128,7 +130,8 @@ def _locked(path: str) -> sqlite3.Connection:
 def test_failed_write_is_logged_and_counted(tmp_path, caplog):
     """A write that fails (database locked) is logged; the call still succeeds."""
     path = str(tmp_path / "locked.db")
-    with PeeweeSink(peewee.SqliteDatabase(path, timeout=0.05)) as sink:
+    db = peewee.SqliteDatabase(path, timeout=0.05)
+    with db.connection_context(), PeeweeSink(db) as sink:
         blocker = _locked(path)
         try:
             with caplog.at_level(logging.ERROR, logger="auditaspect"):
@@ -144,7 +147,8 @@ def test_failed_write_is_logged_and_counted(tmp_path, caplog):
 def test_strict_sink_raises_audit_write_error(tmp_path):
     """strict=True turns a failed write into AuditWriteError in the caller."""
     path = str(tmp_path / "locked.db")
-    with PeeweeSink(peewee.SqliteDatabase(path, timeout=0.05), strict=True) as sink:
+    db = peewee.SqliteDatabase(path, timeout=0.05)
+    with db.connection_context(), PeeweeSink(db, strict=True) as sink:
         blocker = _locked(path)
         try:
             with pytest.raises(AuditWriteError, match="database is locked") as info:
@@ -169,12 +173,15 @@ def test_close_unsubscribes_and_is_idempotent(db_url):
 
 def test_sink_is_held_strongly(db_url):
     """A connected sink keeps recording even when the user drops every reference."""
-    PeeweeSink(db_url).connect()
-    import gc
-
+    sink = PeeweeSink(db_url).connect()
+    ref = weakref.ref(sink)
+    del sink
     gc.collect()
     set_config("a", "b")
     assert 1 == AuditRecord.select().count()
+    still_there = ref()
+    assert still_there is not None
+    still_there.close()
 
 
 def test_user_database_is_not_closed(tmp_path):
