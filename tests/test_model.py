@@ -29,6 +29,8 @@ def test_schema_has_the_event_columns_and_indexes(sink):
         "target",
         "details",
         "error",
+        "prev_hash",
+        "hash",
     ] == columns
     indexed = {tuple(ix.columns) for ix in db.get_indexes("audit_log")}
     for column in ("timestamp", "event_type", "actor", "plan_id", "event_id"):

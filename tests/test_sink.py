@@ -139,7 +139,7 @@ def test_failed_write_is_logged_and_counted(tmp_path, caplog):
         finally:
             blocker.rollback()
             blocker.close()
-        assert (0, 1) == (sink.stats.written, sink.stats.failed)
+        assert (0, 1, 1) == (sink.stats.written, sink.stats.failed, sink.stats.spilled)
         assert "audit write failed" in caplog.text
         assert "database is locked" in caplog.text
 
@@ -156,7 +156,8 @@ def test_strict_sink_raises_audit_write_error(tmp_path):
         finally:
             blocker.rollback()
             blocker.close()
-        assert isinstance(info.value.__cause__, sqlite3.OperationalError)
+        assert isinstance(info.value.__cause__, peewee.OperationalError)
+        assert 0 == sink.stats.spilled
         assert 1 == sink.stats.failed
 
 

@@ -14,9 +14,10 @@ from .context import AuditContext, audit_context, current_context
 from .decorator import audited, emit
 from .errors import AppendOnlyError, AuditError, AuditWriteError
 from .events import AuditEvent, Call, EventType
+from .integrity import Checkpoint, VerifyReport, checkpoint, verify
 from .model import AuditRecord
 from .redaction import Redactor, get_redactor, set_redactor, token_prefix
-from .sink import PeeweeSink
+from .sink import PeeweeSink, SinkStats
 
 try:
     __version__ = version("auditaspect")
@@ -31,16 +32,21 @@ __all__ = [
     "AuditRecord",
     "AuditWriteError",
     "Call",
+    "Checkpoint",
     "EventType",
     "PeeweeSink",
     "Redactor",
+    "SinkStats",
+    "VerifyReport",
     "__version__",
     "audit_context",
     "audited",
+    "checkpoint",
     "current_context",
     "emit",
     "get_redactor",
     "set_redactor",
     "signals",
     "token_prefix",
+    "verify",
 ]

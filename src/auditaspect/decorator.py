@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 
+import attrs
 import wrapt
 
 from .binding import Binder
@@ -71,18 +72,25 @@ def build_event(
     ctx = current_context()
     redactor = get_redactor()
     clean = redactor.redact(details)
-    columns = {key: clean.get(key) for key in _COLUMN_KEYS}
-    return AuditEvent(
+    text = redactor.redact_text
+    columns = {key: _column(clean.get(key)) for key in _COLUMN_KEYS}
+    event = AuditEvent(
         event_type=event_type,
         outcome=outcome,
-        actor=_column(columns["actor"]) or ctx.actor,
-        plan_id=_column(columns["plan_id"]),
-        ip=_column(columns["ip"]) or ctx.ip,
-        correlation_id=_column(columns["correlation_id"]) or ctx.correlation_id,
-        target=target,
+        actor=columns["actor"] or _redacted(ctx.actor, text),
+        plan_id=columns["plan_id"],
+        ip=columns["ip"] or _redacted(ctx.ip, text),
+        correlation_id=columns["correlation_id"] or _redacted(ctx.correlation_id, text),
+        target=text(target),
         details=clean,
         error=None if error is None else describe_error(error),
     )
+    object.__setattr__(event, "_redacted_by", redactor)
+    return event
+
+
+def _redacted(value: str | None, redact_text: Callable[[str], str]) -> str | None:
+    return None if value is None else redact_text(value)
 
 
 def emit(event_type: str, /, **details: Any) -> AuditEvent:
@@ -108,9 +116,10 @@ def emit(event_type: str, /, **details: Any) -> AuditEvent:
 
 
 def _with_error(event: AuditEvent, text: str) -> AuditEvent:
-    import attrs
-
-    return attrs.evolve(event, error=get_redactor().redact_text(text[:MAX_ERROR_MESSAGE]))
+    redactor = get_redactor()
+    changed = attrs.evolve(event, error=redactor.redact_text(text[:MAX_ERROR_MESSAGE]))
+    object.__setattr__(changed, "_redacted_by", redactor)
+    return changed
 
 
 class _Audit:

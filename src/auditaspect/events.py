@@ -8,7 +8,7 @@ receiver cannot change what the next receiver (or the database) sees.
 from __future__ import annotations
 
 import enum
-import uuid
+import os
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -59,8 +59,24 @@ def event_type_value(event_type: object) -> str:
     return event_type
 
 
+# Event ids are 128 random bits from the OS, in hex. One urandom call serves
+# 256 ids (a syscall per event costs more than the rest of the event); the
+# pool is emptied in a forked child so parent and child never share ids.
+_ID_BATCH = 256
+_id_pool: list[str] = []
+
+
 def _new_event_id() -> str:
-    return uuid.uuid4().hex
+    try:
+        return _id_pool.pop()
+    except IndexError:
+        raw = os.urandom(16 * _ID_BATCH).hex()
+        _id_pool.extend(raw[i : i + 32] for i in range(0, len(raw), 32))
+        return _id_pool.pop()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_id_pool.clear)
 
 
 def _utc_now() -> datetime:
@@ -68,6 +84,8 @@ def _utc_now() -> datetime:
 
 
 def _utc(value: datetime) -> datetime:
+    if value.tzinfo is timezone.utc:
+        return value
     if value.tzinfo is None:
         raise ValueError(
             "AuditEvent.timestamp must be timezone-aware (use datetime.now(timezone.utc))"
@@ -103,10 +121,14 @@ class AuditEvent:
     target: str = ""
     details: Mapping[str, Any] = attrs.field(factory=dict)
     error: str | None = None
+    # Set by the pipeline to the Redactor that already redacted this event, so
+    # a sink using the same one need not redo it. Not an __init__ argument: a
+    # hand-built or evolve()d event is always redacted again.
+    _redacted_by: object = attrs.field(default=None, init=False, eq=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the event as plain JSON-ready values (timestamp in ISO 8601)."""
-        data = attrs.asdict(self, recurse=False)
+        data = attrs.asdict(self, recurse=False, filter=lambda field, _: field.init)
         data["timestamp"] = self.timestamp.isoformat()
         data["details"] = dict(self.details)
         return data

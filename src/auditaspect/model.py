@@ -26,9 +26,18 @@ __all__ = ["AuditRecord", "UTCDateTimeField", "create_schema", "dumps_details"]
 TABLE_NAME = "audit_log"
 
 
+# Built once: json.dumps() with options builds a new encoder on every call.
+_DETAILS_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False
+)
+
+
 def dumps_details(details: Any) -> str:
-    """Serialise details the way they are stored: compact, UTF-8, no NaN."""
-    return json.dumps(details, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    """Serialise details canonically: sorted keys, compact, UTF-8, no NaN.
+
+    The same text is stored (on SQLite) and hashed into the chain.
+    """
+    return _DETAILS_ENCODER.encode(details)
 
 
 class UTCDateTimeField(peewee.Field):
@@ -56,9 +65,11 @@ class UTCDateTimeField(peewee.Field):
 
 def format_timestamp(value: datetime) -> str:
     """Return the stored text of an aware timestamp (UTC, microseconds)."""
-    if value.tzinfo is None:
-        raise ValueError("audit timestamps must be timezone-aware")
-    return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    if value.tzinfo is not timezone.utc:
+        if value.tzinfo is None:
+            raise ValueError("audit timestamps must be timezone-aware")
+        value = value.astimezone(timezone.utc)
+    return value.isoformat(timespec="microseconds")
 
 
 def _refuse(what: str) -> NoReturn:
@@ -86,6 +97,8 @@ class AuditRecord(peewee.Model):
     target = peewee.TextField()
     details = peewee.JSONField(dumps=dumps_details)
     error = peewee.TextField(null=True)
+    prev_hash = peewee.CharField(max_length=64, null=True)
+    hash = peewee.CharField(max_length=64, null=True)
 
     class Meta:
         table_name = TABLE_NAME

@@ -1,21 +1,44 @@
 """Persisting events: :class:`PeeweeSink` subscribes to the signals and writes rows.
 
-In ``mode="sync"`` the row is written on the calling thread and committed
-before the audited call returns. If that thread is inside a transaction on the
-same peewee ``Database`` object, the row joins it (peewee nests ``atomic()`` as
-a savepoint), so a rolled-back domain change leaves no audit row either. A
-second ``Database`` object for the same file is a second connection: it would
-wait for the first one's lock instead of joining.
+Two modes:
+
+* ``mode="sync"`` (the default) writes on the calling thread and commits
+  before the audited call returns. If that thread is inside a transaction on
+  the same peewee ``Database`` object, the row joins it (peewee nests
+  ``atomic()`` as a savepoint), so a rolled-back domain change leaves no audit
+  row either. A second ``Database`` object for the same file is a second
+  connection: it would wait for the first one's lock instead of joining.
+* ``mode="buffered"`` only enqueues on the calling thread; a background
+  writer (:mod:`auditaspect.writer`) writes batches, one transaction each.
+  Inside a caller's transaction on the same ``Database`` the event is queued
+  when that transaction commits (and dropped with it on rollback).
+
+Every write appends to the hash chain (:mod:`auditaspect.integrity`) under the
+database's write lock (``BEGIN IMMEDIATE`` on SQLite, a transaction-scoped
+advisory lock on PostgreSQL), so concurrent writers still form one chain.
 
 Rows are written with one INSERT compiled by peewee from :class:`AuditRecord`
-(the single definition of the table) and executed on the driver cursor:
-peewee spends most of a single-row insert building SQL.
+(the single definition of the table) and executed with the driver's
+``executemany``: peewee spends most of a single-row insert building SQL.
+
+When a write fails, the default is fail-open with spill: the audited call
+goes on, and the redacted event is appended (fsync'd) to a spill file, then
+replayed into the database, exactly once, when writes work again. While the
+database is failing, events spill at once and a probe retries about once a
+second, so a locked database does not stall every call.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
+import operator
+import os
 import threading
+import time
+import weakref
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Literal
@@ -26,9 +49,12 @@ import peewee
 from .database import open_database
 from .errors import AuditWriteError
 from .events import AuditEvent, event_type_value
-from .model import AuditRecord, create_schema, dumps_details, format_timestamp
+from .integrity import CHAINED_FIELDS, GENESIS, canonical, link, resolve_key
+from .model import TABLE_NAME, AuditRecord, create_schema, dumps_details, format_timestamp
 from .redaction import Redactor, get_redactor
 from .signals import audit_event, signal_for
+from .spill import SpillFile
+from .writer import BatchWriter, install_sigterm_handler
 
 __all__ = ["PeeweeSink", "SinkStats"]
 
@@ -36,59 +62,141 @@ logger = logging.getLogger("auditaspect")
 
 Mode = Literal["sync", "buffered"]
 _MODES = ("sync", "buffered")
-# Column order of the compiled INSERT (every column but the auto id).
-_COLUMNS = (
-    "event_id",
-    "timestamp",
-    "event_type",
-    "outcome",
-    "actor",
-    "plan_id",
-    "ip",
-    "correlation_id",
-    "target",
-    "details",
-    "error",
-)
+# Column order of the compiled INSERT's rows (every column but the auto id).
+_COLUMNS = (*CHAINED_FIELDS, "details", "prev_hash", "hash")
+_DETAILS = _COLUMNS.index("details")
+_HEAD_SQL = f"SELECT hash FROM {TABLE_NAME} ORDER BY id DESC LIMIT 1"
+# One advisory lock id for audit_log appends on PostgreSQL (stable across hosts).
+ADVISORY_LOCK_ID = zlib.crc32(b"auditaspect:audit_log")
+PROBE_INTERVAL = 1.0
 
 
 @attrs.define
 class SinkStats:
-    """Counts of what a sink did with the events it received."""
+    """What a sink did with the events it received.
+
+    ``written`` went straight to the database; ``spilled`` went to the spill
+    file instead; ``replayed`` moved from the spill file into the database;
+    ``failed`` counts events whose database write failed (spilled, or raised
+    with ``strict=True``); ``lost`` counts events that could be neither
+    written nor spilled (each one is logged as critical).
+    """
 
     written: int = 0
+    spilled: int = 0
+    replayed: int = 0
     failed: int = 0
+    lost: int = 0
+
+
+class _Prepared:
+    """One event's redacted column values and the bytes its chain link hashes."""
+
+    __slots__ = ("details", "event", "payload", "scalars")
+
+    def __init__(self, event: AuditEvent, redactor: Redactor) -> None:
+        self.event = event
+        scalars: tuple[str | None, ...] = (
+            event.event_id,
+            format_timestamp(event.timestamp),
+            event.event_type,
+            event.outcome,
+            event.actor,
+            event.plan_id,
+            event.ip,
+            event.correlation_id,
+            event.target,
+            event.error,
+        )
+        details = event.details
+        if event._redacted_by is not redactor:  # built by hand, or by another redactor
+            text = redactor.redact_text
+            scalars = tuple(v if i < 4 or v is None else text(v) for i, v in enumerate(scalars))
+            details = redactor.redact(details)
+        self.scalars: tuple[str | None, ...] = scalars
+        self.details = dumps_details(details)
+        self.payload = canonical(scalars, self.details)
+
+    def redacted_event(self) -> AuditEvent:
+        """The event as it would be stored (what may go to the spill file)."""
+        (_, _, _, _, actor, plan_id, ip, correlation_id, target, error) = self.scalars
+        return attrs.evolve(
+            self.event,
+            actor=actor,
+            plan_id=plan_id,
+            ip=ip,
+            correlation_id=correlation_id,
+            target=target or "",
+            error=error,
+            details=json.loads(self.details),
+        )
 
 
 class _CompiledInsert:
-    """The INSERT for one database, compiled once, and the row parameters for it."""
+    """The INSERT for one database, compiled by peewee, and its row parameters.
+
+    Rows go in as multi-row ``INSERT ... VALUES (...), (...)`` statements of a
+    few fixed sizes, each compiled once. One statement per chunk rather than
+    ``executemany``: the driver releases the GIL around every row it steps,
+    and a writer thread that must win the GIL back once per row crawls while
+    callers keep the interpreter busy.
+    """
+
+    CHUNKS = (500, 100, 20, 5, 1)
 
     def __init__(self, database: peewee.Database) -> None:
+        self._database = database
         sentinels = {name: f"\x00auditaspect:{name}\x00" for name in _COLUMNS}
-        values: dict[Any, Any] = {getattr(AuditRecord, n): sentinels[n] for n in _COLUMNS}
-        values[AuditRecord.details] = {"\x00auditaspect": "details"}
-        with database.bind_ctx([AuditRecord], bind_refs=False, bind_backrefs=False):
-            sql, params = AuditRecord.insert(values).sql()
-            json_param = AuditRecord.details.db_value
-            order: list[str] = []
-            for param in params:
-                name = next((n for n, s in sentinels.items() if param == s), "details")
-                order.append(name)
-            details_is_text = isinstance(params[order.index("details")], str)
+        self._values: dict[Any, Any] = {getattr(AuditRecord, n): sentinels[n] for n in _COLUMNS}
+        self._values[AuditRecord.details] = {"\x00auditaspect": "details"}
+        sql, params = self._compile(1)
+        by_value = {s: n for n, s in sentinels.items()}
+        order = [by_value.get(p, "details") if isinstance(p, str) else "details" for p in params]
         if sorted(order) != sorted(_COLUMNS):
-            raise RuntimeError(f"unexpected INSERT parameters for audit_log: {order}")
-        self.sql: str = sql
-        self._positions = tuple(_COLUMNS.index(name) for name in order)
-        # SQLite: the JSON text goes into json(?); PostgreSQL: a Jsonb adapter.
-        self._details: Callable[[dict[str, Any]], Any] = (
-            dumps_details if details_is_text else json_param
+            raise RuntimeError(f"unexpected INSERT parameters for {TABLE_NAME}: {order}")
+        self._sql: dict[int, str] = {1: sql}
+        self._order = operator.itemgetter(*(_COLUMNS.index(name) for name in order))
+        details_param = params[order.index("details")]
+        # SQLite: the JSON text goes into json(?). PostgreSQL: the driver's
+        # Jsonb adapter, handed the text we already serialised.
+        self._wrap: Callable[[str], Any] | None = (
+            None
+            if isinstance(details_param, str)
+            else functools.partial(_rewrap, type(details_param))
         )
 
-    def params(self, row: Sequence[Any]) -> tuple[Any, ...]:
-        """Order ``row`` (in ``_COLUMNS`` order, details as a dict) for the SQL."""
-        values = list(row)
-        values[9] = self._details(values[9])
-        return tuple(values[i] for i in self._positions)
+    def _compile(self, rows: int) -> tuple[str, list[Any]]:
+        with self._database.bind_ctx([AuditRecord], bind_refs=False, bind_backrefs=False):
+            sql, params = AuditRecord.insert_many([self._values] * rows).sql()
+        return sql, params
+
+    def sql(self, rows: int) -> str:
+        """The INSERT of ``rows`` rows (one of :attr:`CHUNKS`), compiled on first use."""
+        sql = self._sql.get(rows)
+        if sql is None:
+            sql = self._sql[rows] = self._compile(rows)[0]
+        return sql
+
+    def params(self, row: _Prepared, prev_hash: str, hash_: str) -> tuple[Any, ...]:
+        details = row.details if self._wrap is None else self._wrap(row.details)
+        return self._order((*row.scalars, details, prev_hash, hash_))  # type: ignore[no-any-return]
+
+    def execute(self, cursor: Any, params: list[tuple[Any, ...]]) -> None:
+        """Insert every row of ``params`` with as few statements as the chunks allow."""
+        start, total = 0, len(params)
+        for size in self.CHUNKS:
+            while total - start >= size:
+                chunk = params[start : start + size]
+                cursor.execute(self.sql(size), [v for row in chunk for v in row])
+                start += size
+
+
+def _identity(text: str) -> str:
+    return text
+
+
+def _rewrap(adapter: Any, text: str) -> Any:
+    return adapter(text, dumps=_identity)
 
 
 class PeeweeSink:
@@ -99,11 +207,17 @@ class PeeweeSink:
     ``sqlite:///audit.db``. ``event_types`` limits which types are recorded
     (default: all). ``redactor`` is applied to every event before it is written
     (default: the active redactor), so hand-built events are redacted too.
+    ``chain_key`` (default ``$AUDITASPECT_CHAIN_KEY``) makes the hash chain an
+    HMAC chain.
 
-    A failed write is logged on the ``auditaspect`` logger and counted in
-    :attr:`stats`; with ``strict=True`` it is raised to the audited call as
-    :class:`~auditaspect.AuditWriteError` instead, for deployments where an
-    unaudited change is worse than a failed call.
+    Failures: by default a failed write is logged, counted in :attr:`stats`,
+    and the event spilled to ``spill_path`` (default: the SQLite file's path
+    plus ``.spill.jsonl``, or ``./auditaspect.spill.jsonl``) for replay. With
+    ``strict=True`` (sync mode only) the audited call gets
+    :class:`~auditaspect.AuditWriteError` instead and nothing is spilled.
+
+    Buffered mode: ``batch_size`` events or ``flush_interval`` seconds make a
+    batch; ``queue_size`` bounds the queue (callers wait when it is full).
     """
 
     def __init__(
@@ -114,24 +228,45 @@ class PeeweeSink:
         event_types: Iterable[str] | None = None,
         redactor: Redactor | None = None,
         strict: bool = False,
+        chain_key: str | bytes | None = None,
+        spill_path: str | os.PathLike[str] | None = None,
+        batch_size: int = 500,
+        flush_interval: float = 0.05,
+        queue_size: int = 10_000,
+        handle_sigterm: bool = True,
     ) -> None:
         if mode not in _MODES:
             raise ValueError(f"mode must be 'sync' or 'buffered', not {mode!r}")
+        if strict and mode != "sync":
+            raise ValueError("strict=True needs mode='sync': a buffered write fails after the call")
         if redactor is not None and not isinstance(redactor, Redactor):
             raise TypeError(f"redactor must be a Redactor, not {type(redactor).__name__}")
         if isinstance(event_types, str):
             raise TypeError("event_types must be a collection of types, e.g. ['plan_applied']")
-        self.database, self._owns_database = open_database(database)
-        self.mode: Mode = mode
         self.event_types: frozenset[str] | None = (
             None if event_types is None else frozenset(event_type_value(t) for t in event_types)
         )
+        self._key = resolve_key(chain_key)
+        self.database, self._owns_database = open_database(database)
+        self.mode: Mode = mode
         self.strict = strict
         self.stats = SinkStats()
         self._redactor = redactor
+        self.spill = SpillFile(spill_path or _default_spill_path(self.database))
         self._insert: _CompiledInsert | None = None
+        self._writer: BatchWriter | None = None
+        self._writer_options = {
+            "batch_size": batch_size,
+            "flush_interval": flush_interval,
+            "queue_size": queue_size,
+        }
+        self._handle_sigterm = handle_sigterm
+        self._postgres = isinstance(self.database, peewee.PostgresqlDatabase)
         self._connected = False
         self._lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._retry_at = 0.0  # while monotonic() < this, spill without trying
+        self._spilled = False  # this sink spilled since its last replay
 
     def __repr__(self) -> str:
         return (
@@ -144,30 +279,78 @@ class PeeweeSink:
     def connect(self) -> PeeweeSink:
         """Create the table if missing, bind :class:`AuditRecord`, subscribe.
 
-        Returns the sink. Connecting a connected sink does nothing. The sink is
-        held strongly by the signals until :meth:`close`.
+        Also replays any events a previous run left in the spill file. Returns
+        the sink; connecting a connected sink does nothing. The signals hold
+        the sink strongly until :meth:`close`.
         """
         with self._lock:
             if self._connected:
                 return self
+            if self.mode == "buffered" and self.database.database == ":memory:":
+                raise ValueError("buffered mode needs a database file: ':memory:' is per thread")
             create_schema(self.database)
             self._insert = _CompiledInsert(self.database)
             AuditRecord.bind(self.database, bind_refs=False, bind_backrefs=False)
+            if self.mode == "buffered":
+                self._writer = BatchWriter(
+                    self._deliver,
+                    on_stop=self._close_thread_connection,
+                    **self._writer_options,  # type: ignore[arg-type]
+                )
+                if self._handle_sigterm:
+                    install_sigterm_handler()
+            _at_fork.add(self)
             for sig in self._signals():
                 sig.connect(self._receive, weak=False)
             self._connected = True
+        self._spilled = self.spill.pending()
+        self._replay_if_spilled()
         return self
 
     def close(self) -> None:
-        """Unsubscribe and release the database. Safe to call twice."""
+        """Unsubscribe, write what is queued, replay the spill file, release the database.
+
+        Safe to call twice. Events stay in the spill file only while the
+        database stays unwritable.
+        """
         with self._lock:
             if not self._connected:
                 return
             for sig in self._signals():
                 sig.disconnect(self._receive)
             self._connected = False
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+        self._replay_if_spilled(force=True)
+        _at_fork.discard(self)
         if self._owns_database and not self.database.is_closed():
             self.database.close()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Block until every event received so far is committed (or spilled).
+
+        A no-op in sync mode. Returns ``False`` if ``timeout`` passed first.
+        """
+        writer = self._writer
+        return True if writer is None else writer.flush(timeout)
+
+    def replay(self) -> int:
+        """Move spilled events into the database now; return how many were written.
+
+        Events the database already has (same ``event_id``) are skipped, so a
+        replay never writes an event twice. Raises the database error if the
+        database is still unwritable (the spill file is then left as it was).
+        """
+        if self._insert is None:
+            raise RuntimeError("PeeweeSink is not connected; call .connect() or use it in 'with'")
+        count = self.spill.drain(self._store_new)
+        self._spilled = False
+        with self._stats_lock:
+            self.stats.replayed += count
+        if count:
+            logger.info("replayed %d spilled audit events from %s", count, self.spill.path)
+        return count
 
     def __enter__(self) -> PeeweeSink:
         return self.connect()
@@ -185,7 +368,19 @@ class PeeweeSink:
             return [audit_event]
         return [signal_for(t) for t in sorted(self.event_types)]
 
-    # -- writing -----------------------------------------------------------
+    def _close_thread_connection(self) -> None:
+        # peewee keeps one connection per thread: the writer closes its own.
+        if not self.database.is_closed():
+            self.database.close()
+
+    def _after_fork_in_child(self) -> None:
+        # The inherited connection belongs to the parent: forget it unclosed.
+        self.database.dispose()
+        self._lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self.spill._lock = threading.Lock()
+
+    # -- receiving -----------------------------------------------------------
 
     def _receive(self, sender: Any, *, event: AuditEvent) -> None:
         self.write(event)
@@ -194,50 +389,170 @@ class PeeweeSink:
         """Record one event, as if it had been sent on the signals.
 
         Events of types outside ``event_types`` are ignored. Raises
-        ``RuntimeError`` if the sink is not connected.
+        ``RuntimeError`` if the sink is not connected, and
+        :class:`~auditaspect.AuditWriteError` if the write fails and the sink
+        is strict.
         """
         if self.event_types is not None and event.event_type not in self.event_types:
             return
-        insert = self._insert
-        if insert is None:
+        if self._insert is None:
             raise RuntimeError("PeeweeSink is not connected; call .connect() or use it in 'with'")
-        row = insert.params(self._row(event))
-        try:
-            with self.database.atomic():
-                self.database.cursor().execute(insert.sql, row)  # type: ignore[no-untyped-call]
-        except Exception as exc:
-            self._failed([event], exc)
+        writer = self._writer
+        if writer is None:
+            self._deliver([event])
+        elif self.database.in_transaction():
+            # Queue it only if the caller's transaction commits.
+            self.database.after_commit(functools.partial(writer.put, event))
+        else:
+            writer.put(event)
+
+    # -- delivering ------------------------------------------------------------
+
+    def _deliver(self, events: list[AuditEvent]) -> None:
+        """Write events, or spill them; raise only for a strict sink."""
+        if not self.strict and time.monotonic() < self._retry_at:
+            self._spill(events)
             return
-        self.stats.written += 1
+        try:
+            prepared = self._prepare(events)
+            self._store(prepared)
+        except Exception as exc:
+            self._failed(events, exc)
+            return
+        with self._stats_lock:
+            self.stats.written += len(events)
+        if self._retry_at:
+            self._retry_at = 0.0
+            logger.info("audit database writable again")
+        self._replay_if_spilled()
 
-    def _row(self, event: AuditEvent) -> list[Any]:
+    def _prepare(self, events: Sequence[AuditEvent]) -> list[_Prepared]:
         redactor = self._redactor or get_redactor()
-        text = redactor.redact_text
+        return [_Prepared(event, redactor) for event in events]
 
-        def column(value: str | None) -> str | None:
-            return None if value is None else text(value)
+    def _store(self, rows: Sequence[_Prepared]) -> None:
+        """Append rows to the chain in one transaction (or the caller's)."""
+        insert = self._insert
+        assert insert is not None
+        db = self.database
+        key = self._key
+        if db.in_transaction() or self._postgres:
+            context = db.atomic()
+        else:
+            context = db.atomic(lock_type="IMMEDIATE")
+        with context:
+            cursor = db.cursor()  # type: ignore[no-untyped-call]
+            if self._postgres:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_ID,))
+            cursor.execute(_HEAD_SQL)
+            head = cursor.fetchone()
+            prev = head[0] if head and head[0] else GENESIS
+            params = []
+            for row in rows:
+                current = link(prev, row.payload, key)
+                params.append(insert.params(row, prev, current))
+                prev = current
+            insert.execute(cursor, params)
 
-        return [
-            event.event_id,
-            format_timestamp(event.timestamp),
-            event.event_type,
-            event.outcome,
-            column(event.actor),
-            column(event.plan_id),
-            column(event.ip),
-            column(event.correlation_id),
-            text(event.target),
-            redactor.redact(event.details),
-            column(event.error),
-        ]
+    def _store_new(self, events: list[AuditEvent]) -> int:
+        """Store the events the database does not have yet; return how many."""
+        db = self.database
+        stored = 0
+        for start in range(0, len(events), 500):
+            chunk = events[start : start + 500]
+            marks = ", ".join([db.param] * len(chunk))
+            present = {
+                r[0]
+                for r in db.execute_sql(  # type: ignore[no-untyped-call]
+                    f"SELECT event_id FROM {TABLE_NAME} WHERE event_id IN ({marks})",
+                    [e.event_id for e in chunk],
+                )
+            }
+            fresh = [e for e in chunk if e.event_id not in present]
+            if fresh:
+                self._store(self._prepare(fresh))
+                stored += len(fresh)
+        return stored
 
     def _failed(self, events: Sequence[AuditEvent], exc: Exception) -> None:
-        self.stats.failed += len(events)
-        ids = ", ".join(e.event_id for e in events[:5])
+        with self._stats_lock:
+            self.stats.failed += len(events)
+        ids = ", ".join(e.event_id for e in events[:3]) + (", ..." if len(events) > 3 else "")
         if self.strict:
             raise AuditWriteError(
                 f"audit write failed for {len(events)} event(s) ({ids}): {exc}"
             ) from exc
+        self._retry_at = time.monotonic() + PROBE_INTERVAL
         logger.error(
-            "audit write failed for %d event(s) (%s): %s", len(events), ids, exc, exc_info=exc
+            "audit write failed for %d event(s) (%s), spilling to %s: %s",
+            len(events),
+            ids,
+            self.spill.path,
+            exc,
         )
+        self._spill(events)
+
+    def _spill(self, events: Sequence[AuditEvent]) -> None:
+        db = self.database
+        if db.in_transaction():
+            # Only a committed domain change deserves its audit event.
+            db.after_commit(functools.partial(self._spill_now, list(events)))
+            return
+        self._spill_now(events)
+
+    def _spill_now(self, events: Sequence[AuditEvent]) -> None:
+        try:
+            redactor = self._redactor or get_redactor()
+            self.spill.append([_Prepared(e, redactor).redacted_event() for e in events])
+        except Exception:
+            with self._stats_lock:
+                self.stats.lost += len(events)
+            logger.critical(
+                "LOST %d audit event(s): neither the database nor the spill file %s took them",
+                len(events),
+                self.spill.path,
+                exc_info=True,
+            )
+            return
+        self._spilled = True
+        with self._stats_lock:
+            self.stats.spilled += len(events)
+
+    def _replay_if_spilled(self, *, force: bool = False) -> None:
+        if not self._spilled or (not force and time.monotonic() < self._retry_at):
+            return
+        try:
+            self.replay()
+        except Exception as exc:
+            self._retry_at = time.monotonic() + PROBE_INTERVAL
+            logger.warning("spilled audit events stay in %s for now: %s", self.spill.path, exc)
+
+
+def _default_spill_path(database: peewee.Database) -> str:
+    """Next to a SQLite file; in the working directory for anything else."""
+    name = database.database
+    if isinstance(database, peewee.SqliteDatabase) and name and name != ":memory:":
+        return f"{name}.spill.jsonl"
+    return "auditaspect.spill.jsonl"
+
+
+class _ForkRegistry:
+    """Sinks to reset in a forked child (one at-fork hook for all of them)."""
+
+    def __init__(self) -> None:
+        self._sinks: weakref.WeakSet[PeeweeSink] = weakref.WeakSet()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork_in_child)
+
+    def add(self, sink: PeeweeSink) -> None:
+        self._sinks.add(sink)
+
+    def discard(self, sink: PeeweeSink) -> None:
+        self._sinks.discard(sink)
+
+    def _after_fork_in_child(self) -> None:
+        for sink in list(self._sinks):
+            sink._after_fork_in_child()
+
+
+_at_fork = _ForkRegistry()

@@ -1,0 +1,306 @@
+"""Measure auditaspect against raw SQLite on the same rows, in one run.
+
+    python bench/compare.py [--events N] [--json PATH] [--skip-memory]
+
+Prints one table of events per second and the ratios the targets are stated
+in (docs/performance.md). Ratios, not absolute numbers, are what count on a
+shared, noisy machine: every row of one run shares the machine's state.
+Each figure is the best of a few repetitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import wrapt
+
+import auditaspect
+from auditaspect import AuditRecord, PeeweeSink, audited
+from auditaspect.model import create_schema
+from auditaspect.redaction import Redactor
+
+DETAILS = {
+    "plan_id": "plan-8f3a2c1d",
+    "projects": ["billing", "invoices"],
+    "files_changed": 12,
+    "validation": {"lint": "passed", "tests": "passed"},
+    "actor": "alice@example.com",
+}
+LARGE = {
+    "items": [
+        {"id": i, "name": f"resource-{i}", "tags": ["a", "b", "c"], "meta": {"size": i * 10}}
+        for i in range(500)
+    ],
+    "note": "x" * 20_000,
+}
+PRAGMAS = (("journal_mode", "wal"), ("synchronous", "normal"))
+
+
+def apply_plan(plan_id: str, projects: list[str], files_changed: int, actor: str) -> None:
+    return None
+
+
+@wrapt.decorator
+def passthrough(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    return wrapped(*args, **kwargs)
+
+
+wrapped_apply = passthrough(apply_plan)
+audited_apply = audited("plan_applied", lambda call: DETAILS)(apply_plan)
+
+
+def call_rate(func: Callable[..., Any], n: int) -> float:
+    args = ("plan-8f3a2c1d", ["billing", "invoices"], 12, "alice@example.com")
+    start = time.perf_counter()
+    for _ in range(n):
+        func(*args)
+    return n / (time.perf_counter() - start)
+
+
+def best(measure: Callable[[], float], repeat: int) -> float:
+    results = []
+    for _ in range(repeat):
+        gc.collect()
+        results.append(measure())
+    return max(results)
+
+
+def fresh_db(tmp: Path, name: str) -> str:
+    path = tmp / f"{name}-{uuid.uuid4().hex[:6]}.db"
+    return str(path)
+
+
+def schema_connection(path: str) -> sqlite3.Connection:
+    """A raw connection to an audit_log with the very schema the sink creates."""
+    import peewee
+
+    db = peewee.SqliteDatabase(path, pragmas=PRAGMAS)
+    create_schema(db)
+    db.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    for name, value in PRAGMAS:
+        conn.execute(f"PRAGMA {name} = {value}")
+    return conn
+
+
+INSERT = (
+    "INSERT INTO audit_log (event_id, timestamp, event_type, outcome, actor, plan_id, ip,"
+    " correlation_id, target, details, error, prev_hash, hash)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, json(?), ?, ?, ?)"
+)
+
+
+def raw_row() -> tuple[Any, ...]:
+    return (
+        uuid.uuid4().hex,
+        datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+        "plan_applied",
+        "success",
+        "alice@example.com",
+        "plan-8f3a2c1d",
+        None,
+        None,
+        "bench.apply_plan",
+        json.dumps(DETAILS, separators=(",", ":")),
+        None,
+        None,
+        None,
+    )
+
+
+def raw_executemany(tmp: Path, n: int) -> float:
+    conn = schema_connection(fresh_db(tmp, "raw-many"))
+    start = time.perf_counter()
+    rows = [raw_row() for _ in range(n)]
+    conn.execute("BEGIN")
+    conn.executemany(INSERT, rows)
+    conn.execute("COMMIT")
+    rate = n / (time.perf_counter() - start)
+    conn.close()
+    return rate
+
+
+def raw_autocommit(tmp: Path, n: int) -> float:
+    conn = schema_connection(fresh_db(tmp, "raw-one"))
+    start = time.perf_counter()
+    for _ in range(n):
+        conn.execute(INSERT, raw_row())
+    rate = n / (time.perf_counter() - start)
+    conn.close()
+    return rate
+
+
+def naive_peewee(tmp: Path, n: int) -> float:
+    with PeeweeSink(f"sqlite:///{fresh_db(tmp, 'naive')}") as sink:
+        sink.close()  # keep the schema and binding, drop the subscription
+        start = time.perf_counter()
+        for _ in range(n):
+            AuditRecord.create(
+                event_id=uuid.uuid4().hex,
+                timestamp=datetime.now(timezone.utc),
+                event_type="plan_applied",
+                outcome="success",
+                actor="alice@example.com",
+                plan_id="plan-8f3a2c1d",
+                target="bench.apply_plan",
+                details=DETAILS,
+            )
+        return n / (time.perf_counter() - start)
+
+
+def sink_rate(tmp: Path, n: int, mode: str) -> float:
+    with PeeweeSink(f"sqlite:///{fresh_db(tmp, mode)}", mode=mode) as sink:  # type: ignore[arg-type]
+        start = time.perf_counter()
+        call_rate(audited_apply, n)
+        sink.flush()
+        rate = n / (time.perf_counter() - start)
+        assert sink.stats.written == n, sink.stats
+    return rate
+
+
+def buffered_latency(tmp: Path, n: int) -> dict[str, float]:
+    """Caller-side time per audited call while the writer is busy (µs)."""
+    args = ("plan-8f3a2c1d", ["billing", "invoices"], 12, "alice@example.com")
+    samples = []
+    clock = time.perf_counter_ns
+    with PeeweeSink(f"sqlite:///{fresh_db(tmp, 'latency')}", mode="buffered") as sink:
+        for _ in range(n):
+            t0 = clock()
+            audited_apply(*args)
+            samples.append(clock() - t0)
+        sink.flush()
+    samples.sort()
+    return {
+        "p50_us": samples[len(samples) // 2] / 1000,
+        "p99_us": samples[int(len(samples) * 0.99)] / 1000,
+        "p999_us": samples[int(len(samples) * 0.999)] / 1000,
+        "mean_us": statistics.fmean(samples) / 1000,
+    }
+
+
+def redaction_rate(details: dict[str, Any], n: int) -> float:
+    redactor = Redactor()
+    start = time.perf_counter()
+    for _ in range(n):
+        redactor.redact(details)
+    return n / (time.perf_counter() - start)
+
+
+MEMORY_SCRIPT = """
+import resource, sys, tempfile, os
+sys.path.insert(0, {bench!r})
+from compare import audited_apply
+from auditaspect import PeeweeSink
+n = int(sys.argv[1])
+args = ("plan-8f3a2c1d", ["billing", "invoices"], 12, "alice@example.com")
+with tempfile.TemporaryDirectory() as tmp:
+    with PeeweeSink(f"sqlite:///{{tmp}}/mem.db", mode="buffered") as sink:
+        for _ in range(2000):
+            audited_apply(*args)
+        sink.flush()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        for _ in range(n):
+            audited_apply(*args)
+        sink.flush()
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        written = sink.stats.written
+print(before, after, written)
+"""
+
+
+def memory_growth(n: int) -> dict[str, float]:
+    script = MEMORY_SCRIPT.format(bench=str(Path(__file__).resolve().parent))
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(n)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    before, after, written = (int(x) for x in out)
+    return {"calls": n, "written": written, "peak_rss_growth_mb": (after - before) / 1024}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000, help="rows per measurement")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions (best is kept)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--memory-calls", type=int, default=1_000_000)
+    parser.add_argument("--skip-memory", action="store_true", help="skip the 1M-call RSS run")
+    args = parser.parse_args(argv)
+    n, repeat = args.events, args.repeat
+
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        calls = n * 10
+        rates = {
+            "bare call": best(lambda: call_rate(apply_plan, calls), repeat),
+            "wrapt pass-through": best(lambda: call_rate(wrapped_apply, calls), repeat),
+            "@audited, no receiver": best(lambda: call_rate(audited_apply, calls), repeat),
+            "@audited -> sync sink": best(lambda: sink_rate(tmp, n, "sync"), repeat),
+            "@audited -> buffered sink": best(lambda: sink_rate(tmp, n, "buffered"), repeat),
+            "raw sqlite3 executemany": best(lambda: raw_executemany(tmp, n), repeat),
+            "raw sqlite3 autocommit": best(lambda: raw_autocommit(tmp, n), repeat),
+            "naive peewee create": best(lambda: naive_peewee(tmp, n // 4), repeat),
+            "redaction, typical": best(lambda: redaction_rate(DETAILS, n * 2), repeat),
+            "redaction, large": best(lambda: redaction_rate(LARGE, 50), repeat),
+        }
+        latency = buffered_latency(tmp, n * 2)
+    ratios = {
+        "buffered / raw executemany (>= 0.5)": rates["@audited -> buffered sink"]
+        / rates["raw sqlite3 executemany"],
+        "sync / raw autocommit (>= 0.5)": rates["@audited -> sync sink"]
+        / rates["raw sqlite3 autocommit"],
+        "no-receiver time / wrapt time (<= 1.5)": rates["wrapt pass-through"]
+        / rates["@audited, no receiver"],
+    }
+    memory = None if args.skip_memory else memory_growth(args.memory_calls)
+
+    width = max(map(len, rates))
+    print(f"{'measurement':<{width}}  events/s   µs/event")
+    for name, rate in rates.items():
+        print(f"{name:<{width}}  {rate:>10,.0f}  {1e6 / rate:>8.2f}")
+    print()
+    for name, ratio in ratios.items():
+        print(f"{name:<44} {ratio:6.2f}")
+    print(
+        "buffered caller latency (µs): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in latency.items())
+        + "  (target p99 <= 50)"
+    )
+    if memory is not None:
+        print(
+            f"memory: {memory['calls']:,} buffered calls, {memory['written']:,} written, "
+            f"peak RSS growth {memory['peak_rss_growth_mb']:.1f} MB (target < 50)"
+        )
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "version": auditaspect.__version__,
+                    "python": sys.version.split()[0],
+                    "events": n,
+                    "rates": rates,
+                    "ratios": ratios,
+                    "buffered_latency": latency,
+                    "memory": memory,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
