@@ -1,0 +1,8 @@
+"""Make bench/compare.py importable by the pytest-benchmark suite."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
