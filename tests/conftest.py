@@ -67,3 +67,50 @@ def captured() -> Captured:
     receiver = Captured()
     signals.audit_event.connect(receiver, weak=False)
     return receiver
+
+
+POSTGRES_ENV = "AUDITASPECT_TEST_POSTGRES_URL"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The URL of a real PostgreSQL server, from $AUDITASPECT_TEST_POSTGRES_URL.
+
+    Under CI (CI=true) a missing or unreachable server fails the test; on a
+    developer machine it skips, saying how to start one.
+    """
+    import os
+
+    import peewee
+
+    url = os.environ.get(POSTGRES_ENV)
+    problem = None
+    if not url:
+        problem = f"{POSTGRES_ENV} is not set"
+    else:
+        from auditaspect.database import close_database, open_database
+
+        try:
+            db, _ = open_database(url)
+            db.connect()
+            close_database(db)
+        except (peewee.OperationalError, ImportError) as exc:
+            problem = f"PostgreSQL at {url} is not reachable: {exc}"
+    if problem:
+        hint = f"start one with: export {POSTGRES_ENV}=$(scripts/pg-test-server start)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{problem} (CI needs it; {hint})")
+        pytest.skip(f"{problem}; {hint}")
+    assert url is not None
+    return url
+
+
+@pytest.fixture
+def pg_url(postgres_server: str) -> str:
+    """A PostgreSQL URL whose database has a fresh, empty audit_log for this test."""
+    from auditaspect.database import close_database, open_database
+
+    db, _ = open_database(postgres_server)
+    db.execute_sql("DROP TABLE IF EXISTS audit_log, audit_log_schema CASCADE")
+    close_database(db)
+    return postgres_server

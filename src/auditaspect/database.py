@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlparse
 import peewee
 from playhouse import db_url
 
-__all__ = ["DEFAULT_URL", "ENV_URL", "open_database", "resolve_url"]
+__all__ = ["DEFAULT_URL", "ENV_URL", "close_database", "open_database", "resolve_url"]
 
 ENV_URL = "AUDITASPECT_DATABASE_URL"
 DEFAULT_URL = "sqlite:///audit.db"
@@ -54,6 +54,28 @@ def _create_private(path: str) -> None:
     os.close(fd)
 
 
+# Pool limits for postgresql:// URLs (playhouse.pool): a thread holds one
+# connection while it writes; connections idle for 5 minutes are recycled.
+POOL_MAX_CONNECTIONS = 32
+POOL_STALE_TIMEOUT = 300
+
+
+def _open_postgres(url: str) -> peewee.Database:
+    """Open a pooled PostgreSQL database, preferring psycopg 3."""
+    if getattr(peewee, "psycopg", None) is None and getattr(peewee, "psycopg2", None) is None:
+        raise ImportError(
+            "PostgreSQL needs a driver: pip install 'auditaspect[postgres]' (psycopg 3)"
+        )
+    scheme = urlparse(url).scheme
+    if scheme in ("postgres", "postgresql"):
+        url = url.replace(f"{scheme}://", "postgresql+pool://", 1)
+    options: dict[str, Any] = {"prefer_psycopg3": True}
+    if "+pool" in urlparse(url).scheme:
+        options.update(max_connections=POOL_MAX_CONNECTIONS, stale_timeout=POOL_STALE_TIMEOUT)
+    database: peewee.Database = db_url.connect(url, **options)
+    return database
+
+
 def open_database(database: peewee.Database | str | None) -> tuple[peewee.Database, bool]:
     """Return ``(database, owned)`` for a peewee ``Database`` or a URL.
 
@@ -61,8 +83,10 @@ def open_database(database: peewee.Database | str | None) -> tuple[peewee.Databa
     managing it). A URL (``sqlite:///path``, ``postgresql://...``, or any
     scheme of ``playhouse.db_url``) is opened with the defaults auditaspect
     relies on: for SQLite, a private (0600) file, WAL, ``BEGIN IMMEDIATE`` for
-    writers and a 5 s busy timeout. A URL peewee cannot open is a
-    ``ValueError`` that says which schemes work.
+    writers and a 5 s busy timeout; for PostgreSQL, a connection pool
+    (``playhouse.pool``) on psycopg 3. A URL peewee cannot open is a
+    ``ValueError`` that says which schemes work; PostgreSQL without a driver
+    is an ``ImportError`` that names the extra to install.
     """
     if isinstance(database, peewee.Database):
         return database, False
@@ -86,6 +110,8 @@ def open_database(database: peewee.Database | str | None) -> tuple[peewee.Databa
                 ),
                 True,
             )
+        if urlparse(url).scheme.startswith("postgres"):
+            return _open_postgres(url), True
         return db_url.connect(url), True
     except RuntimeError as exc:  # db_url's "unsupported scheme"
         scheme = urlparse(url).scheme or "(none)"
@@ -93,3 +119,18 @@ def open_database(database: peewee.Database | str | None) -> tuple[peewee.Databa
             f"cannot open audit database URL scheme {scheme!r}; "
             "use sqlite:///path.db or postgresql://user:pass@host/db"
         ) from exc
+
+
+def close_database(database: peewee.Database) -> None:
+    """Close a database opened by :func:`open_database`, pooled connections included.
+
+    A pool's ``close()`` only returns the calling thread's connection to the
+    pool; an owner that is done with the database closes them all.
+    """
+    close_all = getattr(database, "close_all", None)
+    if close_all is not None:
+        if not database.is_closed():
+            database.close()
+        close_all()
+    elif not database.is_closed():
+        database.close()

@@ -30,7 +30,7 @@ from typing import Any
 import attrs
 import peewee
 
-from .database import open_database
+from .database import close_database, open_database
 from .model import TABLE_NAME, dumps_details, format_timestamp
 
 __all__ = [
@@ -191,8 +191,8 @@ def verify(
             return VerifyReport(ok=False, rows_checked=0, reason=f"no {TABLE_NAME} table")
         return _walk(db, key, mark)
     finally:
-        if owned and not db.is_closed():
-            db.close()
+        if owned:
+            close_database(db)
 
 
 def _walk(db: peewee.Database, key: bytes | None, mark: Checkpoint | None) -> VerifyReport:
@@ -245,6 +245,6 @@ def checkpoint(database: peewee.Database | str | None = None) -> Checkpoint | No
             f"SELECT id, hash FROM {TABLE_NAME} ORDER BY id DESC LIMIT 1"
         ).fetchone()
     finally:
-        if owned and not db.is_closed():
-            db.close()
+        if owned:
+            close_database(db)
     return None if row is None else Checkpoint(last_id=row[0], hash=row[1])

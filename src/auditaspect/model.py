@@ -14,14 +14,24 @@ any ``UPDATE`` or ``DELETE`` on ``audit_log``, whoever issues it.
 from __future__ import annotations
 
 import json
+import zlib
 from datetime import datetime, timezone
 from typing import Any, NoReturn
 
 import peewee
+from playhouse.migrate import SchemaMigrator, migrate
 
 from .errors import AppendOnlyError
 
-__all__ = ["AuditRecord", "UTCDateTimeField", "create_schema", "dumps_details"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "AuditRecord",
+    "SchemaVersion",
+    "UTCDateTimeField",
+    "create_schema",
+    "dumps_details",
+    "installed_version",
+]
 
 TABLE_NAME = "audit_log"
 
@@ -136,21 +146,119 @@ class AuditRecord(peewee.Model):
         _refuse("REPLACE")
 
 
-_SQLITE_TRIGGERS = tuple(
+class SchemaVersion(peewee.Model):
+    """The one-row table that records which version of ``audit_log`` is installed."""
+
+    version = peewee.IntegerField()
+
+    class Meta:
+        table_name = f"{TABLE_NAME}_schema"
+        database = None
+
+
+#: The schema this release writes. History: 1 = the event columns only;
+#: 2 = adds ``prev_hash`` and ``hash`` (the tamper-evident chain).
+SCHEMA_VERSION = 2
+# Transaction-scoped advisory lock ids on PostgreSQL (stable across hosts).
+SCHEMA_LOCK_ID = zlib.crc32(b"auditaspect:audit_log:schema")
+
+_SQLITE_GUARDS = tuple(
     f"CREATE TRIGGER IF NOT EXISTS {TABLE_NAME}_no_{verb.lower()} "
     f"BEFORE {verb} ON {TABLE_NAME} "
     f"BEGIN SELECT RAISE(ABORT, '{TABLE_NAME} is append-only: {verb} refused'); END"
     for verb in ("UPDATE", "DELETE")
 )
+_POSTGRES_GUARDS = (
+    f"""CREATE OR REPLACE FUNCTION {TABLE_NAME}_append_only() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION '{TABLE_NAME} is append-only: %% refused', TG_OP
+            USING ERRCODE = 'insufficient_privilege';
+    END $$""",
+    f"CREATE OR REPLACE TRIGGER {TABLE_NAME}_no_update_delete BEFORE UPDATE OR DELETE "
+    f"ON {TABLE_NAME} FOR EACH ROW EXECUTE FUNCTION {TABLE_NAME}_append_only()",
+    f"CREATE OR REPLACE TRIGGER {TABLE_NAME}_no_truncate BEFORE TRUNCATE "
+    f"ON {TABLE_NAME} FOR EACH STATEMENT EXECUTE FUNCTION {TABLE_NAME}_append_only()",
+)
 
 
-def create_schema(database: peewee.Database) -> None:
-    """Create ``audit_log``, its indexes and its append-only triggers if missing.
+def _is_postgres(database: peewee.Database) -> bool:
+    return isinstance(database, peewee.PostgresqlDatabase)
 
-    Safe to call on every start and from several processes at once.
+
+def install_guards(database: peewee.Database) -> None:
+    """Install the triggers that make the database refuse UPDATE, DELETE (and TRUNCATE)."""
+    statements = _POSTGRES_GUARDS if _is_postgres(database) else _SQLITE_GUARDS
+    for statement in statements:
+        database.execute_sql(statement)  # type: ignore[no-untyped-call]
+
+
+def drop_guards(database: peewee.Database) -> None:
+    """Remove the append-only triggers (only schema upgrades do this, in a transaction)."""
+    if _is_postgres(database):
+        names = (f"{TABLE_NAME}_no_update_delete", f"{TABLE_NAME}_no_truncate")
+        template = "DROP TRIGGER IF EXISTS {} ON " + TABLE_NAME
+    else:
+        names = (f"{TABLE_NAME}_no_update", f"{TABLE_NAME}_no_delete")
+        template = "DROP TRIGGER IF EXISTS {}"
+    for name in names:
+        database.execute_sql(template.format(name))  # type: ignore[no-untyped-call]
+
+
+def schema_lock(database: peewee.Database) -> Any:
+    """A transaction holding the log's write lock (``BEGIN IMMEDIATE`` / advisory lock)."""
+    if database.in_transaction() or _is_postgres(database):
+        return database.atomic()
+    return database.atomic(lock_type="IMMEDIATE")
+
+
+def installed_version(database: peewee.Database) -> int:
+    """Return the installed schema version (0: no ``audit_log`` table at all)."""
+    tables = database.get_tables()
+    if TABLE_NAME not in tables:
+        return 0
+    if SchemaVersion._meta.table_name in tables:
+        row = database.execute_sql(  # type: ignore[no-untyped-call]
+            f"SELECT max(version) FROM {SchemaVersion._meta.table_name}"
+        ).fetchone()
+        if row and row[0]:
+            return int(row[0])
+    columns = {c.name for c in database.get_columns(TABLE_NAME)}
+    return 2 if "hash" in columns else 1
+
+
+def create_schema(database: peewee.Database) -> int:
+    """Create or upgrade ``audit_log``, its indexes and its append-only triggers.
+
+    Returns the version that was installed before (0 for a new table). An
+    older table is upgraded in place with ``playhouse.migrate`` and keeps its
+    rows; rows from before version 2 have no chain yet, and the sink chains
+    them when it connects. Safe to call on every start and from several
+    processes at once (the upgrade runs under the log's write lock).
     """
-    with database.bind_ctx([AuditRecord], bind_refs=False, bind_backrefs=False):
-        database.create_tables([AuditRecord], safe=True)
-    if isinstance(database, peewee.SqliteDatabase):
-        for statement in _SQLITE_TRIGGERS:
-            database.execute_sql(statement)  # type: ignore[no-untyped-call]
+    models = [AuditRecord, SchemaVersion]
+    with database.bind_ctx(models, bind_refs=False, bind_backrefs=False), schema_lock(database):
+        if _is_postgres(database):
+            database.execute_sql(  # type: ignore[no-untyped-call]
+                "SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_ID,)
+            )
+        found = installed_version(database)
+        if found and found < 2:
+            migrator = SchemaMigrator.from_database(database)
+            migrate(
+                migrator.add_column(
+                    TABLE_NAME, "prev_hash", peewee.CharField(max_length=64, null=True)
+                ),
+                migrator.add_column(TABLE_NAME, "hash", peewee.CharField(max_length=64, null=True)),
+            )
+        if found > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{TABLE_NAME} has schema version {found}, newer than this auditaspect "
+                f"understands ({SCHEMA_VERSION}); upgrade auditaspect"
+            )
+        database.create_tables(models, safe=True)
+        install_guards(database)
+        if found != SCHEMA_VERSION:
+            SchemaVersion.delete().execute()
+            SchemaVersion.create(version=SCHEMA_VERSION)
+    return found

@@ -46,11 +46,20 @@ from typing import Any, Literal
 import attrs
 import peewee
 
-from .database import open_database
+from .database import close_database, open_database
 from .errors import AuditWriteError
 from .events import AuditEvent, event_type_value
-from .integrity import CHAINED_FIELDS, GENESIS, canonical, link, resolve_key
-from .model import TABLE_NAME, AuditRecord, create_schema, dumps_details, format_timestamp
+from .integrity import CHAINED_FIELDS, GENESIS, canonical, link, resolve_key, row_payload
+from .model import (
+    TABLE_NAME,
+    AuditRecord,
+    create_schema,
+    drop_guards,
+    dumps_details,
+    format_timestamp,
+    install_guards,
+    schema_lock,
+)
 from .redaction import Redactor, get_redactor
 from .signals import audit_event, signal_for
 from .spill import SpillFile
@@ -262,6 +271,7 @@ class PeeweeSink:
         }
         self._handle_sigterm = handle_sigterm
         self._postgres = isinstance(self.database, peewee.PostgresqlDatabase)
+        self._pooled = hasattr(self.database, "close_all")
         self._connected = False
         self._lock = threading.Lock()
         self._stats_lock = threading.Lock()
@@ -288,8 +298,14 @@ class PeeweeSink:
                 return self
             if self.mode == "buffered" and self.database.database == ":memory:":
                 raise ValueError("buffered mode needs a database file: ':memory:' is per thread")
-            create_schema(self.database)
-            self._insert = _CompiledInsert(self.database)
+            try:
+                if create_schema(self.database) == 1:
+                    self._chain_old_rows()
+                self._insert = _CompiledInsert(self.database)
+            except Exception:
+                if self._owns_database:
+                    close_database(self.database)
+                raise
             AuditRecord.bind(self.database, bind_refs=False, bind_backrefs=False)
             if self.mode == "buffered":
                 self._writer = BatchWriter(
@@ -324,8 +340,8 @@ class PeeweeSink:
             writer.close()
         self._replay_if_spilled(force=True)
         _at_fork.discard(self)
-        if self._owns_database and not self.database.is_closed():
-            self.database.close()
+        if self._owns_database:
+            close_database(self.database)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Block until every event received so far is committed (or spilled).
@@ -367,6 +383,41 @@ class PeeweeSink:
         if self.event_types is None:
             return [audit_event]
         return [signal_for(t) for t in sorted(self.event_types)]
+
+    def _chain_old_rows(self) -> None:
+        """Give rows from before the hash chain (schema version 1) their links.
+
+        The one sanctioned change to existing rows: in one transaction under
+        the write lock, the append-only triggers are dropped, every row
+        without a hash is chained in id order, and the triggers come back.
+        The chain then attests these rows from the upgrade on.
+        """
+        db = self.database
+        columns = ", ".join(CHAINED_FIELDS)
+        select = (
+            f"SELECT id, {columns}, details, hash FROM {TABLE_NAME} "
+            f"WHERE id > {db.param} ORDER BY id LIMIT 1000"
+        )
+        update = (
+            f"UPDATE {TABLE_NAME} SET prev_hash = {db.param}, hash = {db.param} "
+            f"WHERE id = {db.param}"
+        )
+        with schema_lock(db):
+            cursor = db.cursor()  # type: ignore[no-untyped-call]
+            if self._postgres:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_ID,))
+            drop_guards(db)
+            prev, last, sealed = GENESIS, 0, 0
+            while rows := db.execute_sql(select, (last,)).fetchall():  # type: ignore[no-untyped-call]
+                for row in rows:
+                    last, stored = row[0], row[-1]
+                    if stored is None:
+                        stored = link(prev, row_payload(row[1:11], row[11]), self._key)
+                        db.execute_sql(update, (prev, stored, last))  # type: ignore[no-untyped-call]
+                        sealed += 1
+                    prev = stored
+            install_guards(db)
+        logger.info("chained %d audit rows written before schema version 2", sealed)
 
     def _close_thread_connection(self) -> None:
         # peewee keeps one connection per thread: the writer closes its own.
@@ -436,6 +487,22 @@ class PeeweeSink:
         assert insert is not None
         db = self.database
         key = self._key
+        # A pooled connection this write had to open goes back to the pool
+        # afterwards: threads that come and go must not drain the pool.
+        give_back = self._pooled and db.is_closed()
+        try:
+            self._append(db, insert, rows, key)
+        finally:
+            if give_back and not db.in_transaction() and not db.is_closed():
+                db.close()
+
+    def _append(
+        self,
+        db: peewee.Database,
+        insert: _CompiledInsert,
+        rows: Sequence[_Prepared],
+        key: bytes | None,
+    ) -> None:
         if db.in_transaction() or self._postgres:
             context = db.atomic()
         else:
@@ -477,6 +544,7 @@ class PeeweeSink:
     def _failed(self, events: Sequence[AuditEvent], exc: Exception) -> None:
         with self._stats_lock:
             self.stats.failed += len(events)
+        self._reset_connection()
         ids = ", ".join(e.event_id for e in events[:3]) + (", ..." if len(events) > 3 else "")
         if self.strict:
             raise AuditWriteError(
@@ -491,6 +559,23 @@ class PeeweeSink:
             exc,
         )
         self._spill(events)
+
+    def _reset_connection(self) -> None:
+        """Drop this thread's connection after a failure, so the next write reconnects.
+
+        A server that went away leaves a dead connection that peewee still
+        thinks is open. Inside the caller's transaction the connection is the
+        caller's business and stays.
+        """
+        db = self.database
+        if db.in_transaction() or db.is_closed():
+            return
+        if not self._owns_database and db.is_connection_usable():
+            return  # the application opened it and it still works: leave it be
+        try:
+            db.close()
+        except Exception:  # a broken connection may fail to close: forget it
+            db.dispose()
 
     def _spill(self, events: Sequence[AuditEvent]) -> None:
         db = self.database

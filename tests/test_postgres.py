@@ -1,0 +1,195 @@
+"""PostgreSQL, for real: a server from scripts/pg-test-server, no mocks.
+
+Skipped on a developer machine without $AUDITASPECT_TEST_POSTGRES_URL;
+under CI=true a missing server fails instead.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import peewee
+import pytest
+
+from auditaspect import AuditRecord, PeeweeSink, audit_context, audited, emit, verify
+from auditaspect.database import close_database, open_database
+from planning import (
+    AuthenticationError,
+    AuthService,
+    ConfigService,
+    EntityService,
+    Executor,
+    PlanService,
+    SessionService,
+    Store,
+)
+
+pytestmark = pytest.mark.postgres
+
+NINE = {
+    "plan_applied",
+    "plan_cancelled",
+    "resource_modified",
+    "correction_applied",
+    "config_changed",
+    "entity_deleted",
+    "session_created",
+    "auth_success",
+    "auth_failure",
+}
+
+
+def run_domain(tmp_path) -> str:
+    """Every audited operation of the example domain once; returns the plan id."""
+    store = Store(entities={("project", "old"): ["repo:old"]})
+    auth = AuthService(store)
+    auth.register("alice", "pw")
+    with audit_context(actor="alice", ip="198.51.100.7"):
+        auth.login("alice", "pw", ip="198.51.100.7")
+        with pytest.raises(AuthenticationError):
+            auth.login("alice", "nope", ip="198.51.100.7")
+        SessionService(store).create("bot", user="alice")
+        plans = PlanService(store)
+        plan = plans.propose(["billing"], ["a.py"])
+        Executor(tmp_path).write_resource(plan.plan_id, "a.py", "x")
+        plans.correct(plan.plan_id, guidance="smaller")
+        plans.apply(plan, user="alice")
+        plans.cancel(plans.propose(["r"], []).plan_id, reason="dup")
+        ConfigService(store).set_value("smtp.password", "pg-secret-1", user="alice")
+        EntityService(store).delete("project", "old")
+    return plan.plan_id
+
+
+def test_nine_event_types_round_trip_with_queryable_jsonb(pg_url, tmp_path):
+    """All nine types land in PostgreSQL; JSONB details are queryable through AuditRecord."""
+    with PeeweeSink(pg_url) as sink:
+        plan_id = run_domain(tmp_path)
+        assert isinstance(sink.database, peewee.PostgresqlDatabase)
+        assert NINE == {r.event_type for r in AuditRecord.select(AuditRecord.event_type)}
+        [applied] = AuditRecord.select().where(
+            AuditRecord.details["plan_id"] == plan_id, AuditRecord.event_type == "plan_applied"
+        )
+        assert 1 == applied.details["files_changed"]
+        secret = AuditRecord.get(AuditRecord.details["key"] == "smtp.password")
+        assert "[REDACTED]" == secret.details["new_value"]
+        column = sink.database.execute_sql(
+            "SELECT data_type FROM information_schema.columns "
+            "WHERE table_name = 'audit_log' AND column_name = 'details'"
+        ).fetchone()[0]
+        assert "jsonb" == column
+    assert verify(pg_url).ok
+
+
+def test_triggers_reject_update_delete_and_truncate(pg_url):
+    """The database itself refuses UPDATE, DELETE and TRUNCATE on audit_log."""
+    with PeeweeSink(pg_url) as sink:
+        emit("config_changed", key="k")
+        db = sink.database
+        for statement in (
+            "UPDATE audit_log SET actor = 'mallory'",
+            "DELETE FROM audit_log",
+            "TRUNCATE audit_log",
+        ):
+            with pytest.raises(peewee.ProgrammingError, match="append-only"), db.atomic():
+                db.execute_sql(statement)
+        assert 1 == AuditRecord.select().count()
+
+
+WORKER = """
+import sys, threading
+from auditaspect import PeeweeSink, audited
+
+@audited("resource_modified")
+def modify(resource_id):
+    return None
+
+with PeeweeSink(sys.argv[1], mode=sys.argv[2]) as sink:
+    def work(t):
+        for i in range(int(sys.argv[4])):
+            modify(f"{sys.argv[3]}-{t}-{i}")
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(3)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    sink.flush()
+    assert sink.stats.written == 3 * int(sys.argv[4]), sink.stats
+"""
+
+
+@pytest.mark.parametrize("mode", ["sync", "buffered"])
+def test_four_processes_three_threads_one_chain(pg_url, mode):
+    """4 processes x 3 threads writing at once: exact count, no duplicates, chain verifies."""
+    with PeeweeSink(pg_url):
+        pass  # the schema exists before the writers start, as in a deployment
+    per_thread = 60
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, pg_url, mode, f"p{p}", str(per_thread)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for p in range(4)
+    ]
+    errors = [proc.communicate(timeout=180)[1] for proc in procs]
+    assert [0, 0, 0, 0] == [proc.returncode for proc in procs], errors
+    db, _ = open_database(pg_url)
+    rows = [
+        r[0] for r in db.execute_sql("SELECT details->>'resource_id' FROM audit_log").fetchall()
+    ]
+    close_database(db)
+    assert 4 * 3 * per_thread == len(rows)
+    assert len(rows) == len(set(rows))
+    report = verify(pg_url)
+    assert report.ok, report
+    assert len(rows) == report.rows_checked
+
+
+def test_terminated_backend_loses_nothing(pg_url, tmp_path):
+    """pg_terminate_backend mid-run: failed writes spill and are replayed; all arrive once."""
+
+    @audited("config_changed")
+    def change(n: int) -> None:
+        return None
+
+    admin, _ = open_database(pg_url)
+    with PeeweeSink(pg_url, spill_path=tmp_path / "spill.jsonl") as sink:
+        for n in range(20):
+            change(n)
+        pid = sink.database.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
+        admin.execute_sql("SELECT pg_terminate_backend(%s)", (pid,))
+        for n in range(20, 40):
+            change(n)  # the first of these hits the dead connection
+        time.sleep(1.1)  # past the probe interval
+        for n in range(40, 60):
+            change(n)
+        stats = sink.stats
+    close_database(admin)
+    assert stats.failed >= 1
+    assert 0 == stats.lost
+    assert stats.spilled == stats.replayed
+    db, _ = open_database(pg_url)
+    ns = sorted(r[0] for r in db.execute_sql("SELECT (details->>'n')::int FROM audit_log"))
+    close_database(db)
+    assert list(range(60)) == ns
+    assert verify(pg_url).ok
+
+
+def test_sync_writes_from_many_short_threads_return_pooled_connections(pg_url):
+    """Threads that come and go do not exhaust the pool: each write returns its connection."""
+
+    @audited("session_created")
+    def create(n: int) -> None:
+        return None
+
+    with PeeweeSink(pg_url) as sink:
+        for batch in range(5):
+            threads = [threading.Thread(target=create, args=(batch * 20 + i,)) for i in range(20)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        assert 100 == sink.stats.written
+        assert 0 == sink.stats.failed
+    assert 100 == verify(pg_url).rows_checked
