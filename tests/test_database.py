@@ -74,3 +74,51 @@ def test_bad_database_arguments_are_clear_errors(value, error, match):
     """Unusable arguments fail with a message that says what works."""
     with pytest.raises(error, match=match):
         open_database(value)
+
+
+def test_memory_url_creates_no_file(tmp_path, monkeypatch):
+    """sqlite:///:memory: opens an in-memory database and creates no file."""
+    monkeypatch.chdir(tmp_path)
+    db, owned = open_database("sqlite:///:memory:")
+    assert (":memory:", True) == (db.database, owned)
+    assert [] == list(tmp_path.iterdir())
+
+
+def test_postgres_urls_open_a_pool_with_psycopg3():
+    """postgresql:// becomes a pooled database; other postgres schemes are honoured."""
+    from auditaspect.database import close_database
+
+    pooled, _ = open_database("postgresql://u:p@127.0.0.1:1/db")
+    assert "PooledPostgresqlDatabase" == type(pooled).__name__
+    explicit, _ = open_database("postgresql+pool://u:p@127.0.0.1:1/db")
+    assert "PooledPostgresqlDatabase" == type(explicit).__name__
+    ext, _ = open_database("postgresqlext://u:p@127.0.0.1:1/db")
+    assert "PostgresqlExtDatabase" == type(ext).__name__
+    for db in (pooled, explicit, ext):
+        close_database(db)
+
+
+def test_postgres_without_a_driver_names_the_extra(monkeypatch):
+    """No psycopg installed: an ImportError that says what to pip install."""
+    monkeypatch.setattr(peewee, "psycopg", None)
+    monkeypatch.setattr(peewee, "psycopg2", None)
+    with pytest.raises(ImportError, match=r"auditaspect\[postgres\]"):
+        open_database("postgresql://u@h/db")
+
+
+def test_close_database_closes_plain_and_pooled(tmp_path):
+    """close_database works on open, closed and pooled databases alike."""
+    from playhouse.pool import PooledSqliteDatabase
+
+    from auditaspect.database import close_database
+
+    plain = peewee.SqliteDatabase(str(tmp_path / "a.db"))
+    plain.connect()
+    close_database(plain)
+    assert plain.is_closed()
+    close_database(plain)
+    pooled = PooledSqliteDatabase(str(tmp_path / "b.db"))
+    pooled.connect()
+    close_database(pooled)
+    assert pooled.is_closed()
+    close_database(pooled)

@@ -228,3 +228,15 @@ def test_link_is_sha256_or_hmac():
     assert link("a", b"b", None) != link("a", b"b", b"k")
     with pytest.raises(ValueError, match="must not be empty"):
         resolve_key("")
+
+
+def test_checkpoint_and_verify_accept_a_database_object(log):
+    """A peewee Database works as well as a URL, and is left open for its owner."""
+    import peewee
+
+    _, path = log
+    db = peewee.SqliteDatabase(str(path))
+    assert 6 == checkpoint(db).last_id
+    assert verify(db).ok
+    assert not db.is_closed()
+    db.close()

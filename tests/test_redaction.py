@@ -371,3 +371,91 @@ def test_property_no_planted_secret_survives(details):
         assert part not in text, name
     assert all(value == M for value in _under_secret_keys(out))
     assert out == R.redact(out)  # idempotent
+
+
+class Label(str):
+    pass
+
+
+class Count(int):
+    pass
+
+
+class Ratio(float):
+    pass
+
+
+class Items(list[Any]):
+    pass
+
+
+def test_subclasses_of_plain_types_become_plain_values():
+    """str/int/float/list subclasses and read-only mappings are stored as plain JSON."""
+    from types import MappingProxyType
+
+    out = R.redact(
+        {
+            "label": Label("ok"),
+            "count": Count(3),
+            "ratio": Ratio(0.5),
+            "items": Items([1]),
+            "proxy": MappingProxyType({"password": "x", "a": 1}),
+            "negzero": -0.0,
+            "huge": 2**70,
+        }
+    )
+    assert {
+        "label": "ok",
+        "count": 3,
+        "ratio": 0.5,
+        "items": [1],
+        "proxy": {"password": M, "a": 1},
+        "negzero": 0.0,
+        "huge": str(2**70),
+    } == out
+    assert type(out["label"]) is str
+    assert type(out["count"]) is int
+
+
+def test_odd_containers_are_cut_at_depth_and_cycles():
+    """Sets and mapping proxies obey the cycle and depth guards too."""
+    from types import MappingProxyType
+
+    inner: dict[str, Any] = {}
+    inner["self"] = MappingProxyType(inner)
+    out = R.redact({"x": inner})
+    assert {"self": {"self": CYCLE_MARKER}} == out["x"]
+    deep: Any = frozenset({1})
+    for _ in range(40):
+        deep = (deep,)
+    assert DEPTH_MARKER in json.dumps(R.redact({"d": deep}))
+
+
+def test_long_text_forms_are_shortened():
+    """An object whose str() is huge is stored as its first kilobyte."""
+
+    class Big:
+        def __str__(self) -> str:
+            return "b" * 5000
+
+    out = R.redact({"big": Big()})
+    assert out["big"].endswith("…")
+    assert len(out["big"]) == 1025
+
+
+def test_caches_stay_bounded():
+    """Key and clean-text caches stop growing at their limits."""
+    redactor = Redactor()
+    for i in range(5000):
+        redactor.is_secret_key(f"key{i}")
+    for i in range(9000):
+        redactor.redact_text(f"value {i}")
+    assert len(redactor._key_cache) <= 4096
+    assert len(redactor._clean) <= 8192
+
+
+def test_details_just_under_the_cap_are_kept():
+    """Details that look big by estimate but fit the cap exactly are not cut."""
+    redactor = Redactor(max_details_bytes=1024)
+    details = {"a": "x" * 600}
+    assert details == redactor.redact(details)

@@ -107,3 +107,11 @@ def test_a_newer_schema_is_refused(tmp_path):
         sink.database.execute_sql("UPDATE audit_log_schema SET version = 99")
     with pytest.raises(RuntimeError, match="upgrade auditaspect"):
         PeeweeSink(url).connect()
+
+
+def test_installed_version_without_a_version_row(tmp_path):
+    """An empty version table falls back to reading the columns."""
+    url = f"sqlite:///{tmp_path / 'v.db'}"
+    with PeeweeSink(url) as sink:
+        sink.database.execute_sql("DELETE FROM audit_log_schema")
+        assert 2 == installed_version(sink.database)

@@ -222,3 +222,43 @@ def test_bad_arguments_are_clear_errors(db_url, kwargs, error, match):
     """Bad sink arguments fail at construction with a message naming the fix."""
     with pytest.raises(error, match=match):
         PeeweeSink(db_url, **kwargs)
+
+
+def test_replay_before_connect_is_a_clear_error(db_url):
+    """replay() on an unconnected sink says to connect it."""
+    with pytest.raises(RuntimeError, match="not connected"):
+        PeeweeSink(db_url).replay()
+
+
+def test_replay_of_events_already_stored_writes_nothing(db_url):
+    """A spill file holding only stored events replays to nothing, and empties."""
+    with PeeweeSink(db_url) as sink:
+        event = AuditEvent(event_type="x")
+        sink.write(event)
+        sink.spill.append([event])
+        assert 0 == sink.replay()
+        assert not sink.spill.pending()
+        assert 1 == AuditRecord.select().count()
+
+
+def test_failed_connect_leaves_a_users_database_open(tmp_path):
+    """If connect() fails, a Database the user passed in is not closed behind their back."""
+    db = peewee.SqliteDatabase(str(tmp_path / "future.db"))
+    with PeeweeSink(db):
+        db.execute_sql("UPDATE audit_log_schema SET version = 99")
+    db.connect(reuse_if_open=True)
+    with pytest.raises(RuntimeError, match="upgrade auditaspect"):
+        PeeweeSink(db).connect()
+    assert not db.is_closed()
+    db.close()
+
+
+def test_buffered_sink_can_leave_sigterm_alone(db_url):
+    """handle_sigterm=False installs no signal handler."""
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    with PeeweeSink(db_url, mode="buffered", handle_sigterm=False) as sink:
+        set_config("a", "b")
+        assert sink.flush(timeout=30)
+        assert before == signal.getsignal(signal.SIGTERM)

@@ -123,3 +123,78 @@ def test_bad_settings_are_refused(kwargs, match):
     options = {"batch_size": 1, "flush_interval": 0.1, "queue_size": 1, **kwargs}
     with pytest.raises(ValueError, match=match):
         BatchWriter(lambda b: None, **options)
+
+
+def test_close_all_at_exit_logs_a_failing_writer(caplog, monkeypatch):
+    """The atexit hook closes every live writer and logs one that fails."""
+    from auditaspect import writer as module
+
+    ok = make_writer([])
+    broken = make_writer([])
+    monkeypatch.setattr(broken, "close", lambda: (_ for _ in ()).throw(RuntimeError("stuck")))
+    with caplog.at_level(logging.ERROR, logger="auditaspect"):
+        module._close_all()
+    assert "failed to flush at exit" in caplog.text
+    assert ok._closed
+
+
+def test_on_stop_runs_on_the_writer_thread_and_its_errors_are_logged(caplog):
+    """on_stop() runs when the writer stops; an error in it is logged."""
+    names: list[str] = []
+
+    def on_stop() -> None:
+        names.append(threading.current_thread().name)
+        raise RuntimeError("cleanup")
+
+    writer = BatchWriter(
+        lambda b: None, batch_size=1, flush_interval=0.01, queue_size=2, on_stop=on_stop
+    )
+    writer.put(AuditEvent(event_type="x"))
+    with caplog.at_level(logging.ERROR, logger="auditaspect"):
+        writer.close()
+    assert ["auditaspect-writer"] == names
+    assert "cleanup failed" in caplog.text
+
+
+@pytest.fixture
+def fresh_sigterm(monkeypatch):
+    """A clean slate for install_sigterm_handler, restored afterwards."""
+    import signal
+
+    from auditaspect import writer as module
+
+    previous = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(module, "_sigterm_installed", False)
+    yield module
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigterm_handler_is_not_installed_from_a_thread(fresh_sigterm):
+    """Only the main thread may install signal handlers."""
+    result: list[bool] = []
+    thread = threading.Thread(target=lambda: result.append(fresh_sigterm.install_sigterm_handler()))
+    thread.start()
+    thread.join()
+    assert [False] == result
+
+
+def test_ignored_sigterm_stays_ignored(fresh_sigterm):
+    """A process that ignores SIGTERM keeps ignoring it."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    assert fresh_sigterm.install_sigterm_handler() is False
+    assert signal.SIG_IGN == signal.getsignal(signal.SIGTERM)
+
+
+def test_an_earlier_python_handler_is_chained(fresh_sigterm):
+    """An application's own SIGTERM handler still runs, and decides what happens."""
+    import os
+    import signal
+
+    seen: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    assert fresh_sigterm.install_sigterm_handler() is True
+    assert fresh_sigterm.install_sigterm_handler() is True  # once is enough
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert [signal.SIGTERM] == seen

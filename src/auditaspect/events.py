@@ -75,7 +75,7 @@ def _new_event_id() -> str:
         return _id_pool.pop()
 
 
-if hasattr(os, "register_at_fork"):
+if hasattr(os, "register_at_fork"):  # pragma: no branch - not on Windows
     os.register_at_fork(after_in_child=_id_pool.clear)
 
 

@@ -161,7 +161,7 @@ class _CompiledInsert:
         sql, params = self._compile(1)
         by_value = {s: n for n, s in sentinels.items()}
         order = [by_value.get(p, "details") if isinstance(p, str) else "details" for p in params]
-        if sorted(order) != sorted(_COLUMNS):
+        if sorted(order) != sorted(_COLUMNS):  # pragma: no cover - a peewee we do not know
             raise RuntimeError(f"unexpected INSERT parameters for {TABLE_NAME}: {order}")
         self._sql: dict[int, str] = {1: sql}
         self._order = operator.itemgetter(*(_COLUMNS.index(name) for name in order))
@@ -424,7 +424,7 @@ class PeeweeSink:
         if not self.database.is_closed():
             self.database.close()
 
-    def _after_fork_in_child(self) -> None:
+    def _after_fork_in_child(self) -> None:  # pragma: no cover - forked child (test_buffered)
         # The inherited connection belongs to the parent: forget it unclosed.
         self.database.dispose()
         self._lock = threading.Lock()
@@ -626,7 +626,7 @@ class _ForkRegistry:
 
     def __init__(self) -> None:
         self._sinks: weakref.WeakSet[PeeweeSink] = weakref.WeakSet()
-        if hasattr(os, "register_at_fork"):
+        if hasattr(os, "register_at_fork"):  # pragma: no branch - not on Windows
             os.register_at_fork(after_in_child=self._after_fork_in_child)
 
     def add(self, sink: PeeweeSink) -> None:
@@ -635,7 +635,7 @@ class _ForkRegistry:
     def discard(self, sink: PeeweeSink) -> None:
         self._sinks.discard(sink)
 
-    def _after_fork_in_child(self) -> None:
+    def _after_fork_in_child(self) -> None:  # pragma: no cover - forked child
         for sink in list(self._sinks):
             sink._after_fork_in_child()
 

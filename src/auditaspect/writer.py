@@ -190,7 +190,7 @@ class BatchWriter:
 
     def _start(self) -> None:
         with self._start_lock:
-            if self._pid != os.getpid():
+            if self._pid != os.getpid():  # pragma: no cover - forked child (test_buffered)
                 # The parent's buffer (and any lock a parent thread held) is not ours.
                 self._buffer = _Buffer(self.queue_size)
                 self._thread = None
