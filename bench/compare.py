@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import sqlite3
 import statistics
 import subprocess
@@ -199,6 +200,43 @@ def redaction_rate(details: dict[str, Any], n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+PG_INSERT = INSERT.replace("?", "%s").replace("json(%s)", "%s::jsonb")
+
+
+def pg_reset(url: str) -> None:
+    from auditaspect.database import close_database, open_database
+
+    db, _ = open_database(url)
+    db.execute_sql("DROP TABLE IF EXISTS audit_log, audit_log_schema CASCADE")
+    create_schema(db)
+    close_database(db)
+
+
+def pg_raw_executemany(url: str, n: int) -> float:
+    """The psycopg driver's executemany of the same rows, one transaction."""
+    import psycopg
+
+    pg_reset(url)
+    with psycopg.connect(url) as conn:
+        start = time.perf_counter()
+        rows = [raw_row() for _ in range(n)]
+        with conn.cursor() as cursor:
+            cursor.executemany(PG_INSERT, rows)
+        conn.commit()
+        return n / (time.perf_counter() - start)
+
+
+def pg_sink_rate(url: str, n: int) -> float:
+    pg_reset(url)
+    with PeeweeSink(url, mode="buffered") as sink:
+        start = time.perf_counter()
+        call_rate(audited_apply, n)
+        sink.flush()
+        rate = n / (time.perf_counter() - start)
+        assert sink.stats.written == n, sink.stats
+    return rate
+
+
 MEMORY_SCRIPT = """
 import resource, sys, tempfile, os
 sys.path.insert(0, {bench!r})
@@ -211,7 +249,7 @@ with tempfile.TemporaryDirectory() as tmp:
         for _ in range(2000):
             audited_apply(*args)
         sink.flush()
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
         for _ in range(n):
             audited_apply(*args)
         sink.flush()
@@ -227,7 +265,13 @@ def memory_growth(n: int) -> dict[str, float]:
         [sys.executable, "-c", script, str(n)], capture_output=True, text=True, check=True
     ).stdout.split()
     before, after, written = (int(x) for x in out)
-    return {"calls": n, "written": written, "peak_rss_growth_mb": (after - before) / 1024}
+    return {
+        "calls": n,
+        "written": written,
+        "peak_rss_before_mb": before / 1024,
+        "peak_rss_after_mb": after / 1024,
+        "peak_rss_growth_mb": (after - before) / 1024,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,6 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--memory-calls", type=int, default=1_000_000)
     parser.add_argument("--skip-memory", action="store_true", help="skip the 1M-call RSS run")
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        default=os.environ.get("AUDITASPECT_TEST_POSTGRES_URL"),
+        help="also measure against this PostgreSQL (default: $AUDITASPECT_TEST_POSTGRES_URL)",
+    )
     args = parser.parse_args(argv)
     n, repeat = args.events, args.repeat
 
@@ -265,11 +315,22 @@ def main(argv: list[str] | None = None) -> int:
         / rates["@audited, no receiver"],
     }
     memory = None if args.skip_memory else memory_growth(args.memory_calls)
+    postgres = None
+    if args.postgres:
+        postgres = {
+            "@audited -> buffered sink": best(lambda: pg_sink_rate(args.postgres, n), repeat),
+            "raw psycopg executemany": best(lambda: pg_raw_executemany(args.postgres, n), repeat),
+        }
+        ratios["postgres buffered / raw executemany (>= 0.5)"] = (
+            postgres["@audited -> buffered sink"] / postgres["raw psycopg executemany"]
+        )
 
-    width = max(map(len, rates))
+    width = max(map(len, [*rates, *("PostgreSQL: " + k for k in postgres or {})]))
     print(f"{'measurement':<{width}}  events/s   µs/event")
     for name, rate in rates.items():
         print(f"{name:<{width}}  {rate:>10,.0f}  {1e6 / rate:>8.2f}")
+    for name, rate in (postgres or {}).items():
+        print(f"{'PostgreSQL: ' + name:<{width}}  {rate:>10,.0f}  {1e6 / rate:>8.2f}")
     print()
     for name, ratio in ratios.items():
         print(f"{name:<44} {ratio:6.2f}")
@@ -281,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     if memory is not None:
         print(
             f"memory: {memory['calls']:,} buffered calls, {memory['written']:,} written, "
-            f"peak RSS growth {memory['peak_rss_growth_mb']:.1f} MB (target < 50)"
+            f"peak RSS {memory['peak_rss_before_mb']:.1f} -> {memory['peak_rss_after_mb']:.1f} MB, "
+            f"growth {memory['peak_rss_growth_mb']:.1f} MB (target < 50)"
         )
     if args.json:
         Path(args.json).write_text(
@@ -294,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
                     "ratios": ratios,
                     "buffered_latency": latency,
                     "memory": memory,
+                    "postgres": postgres,
                 },
                 indent=2,
             )

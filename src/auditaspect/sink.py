@@ -148,7 +148,9 @@ class _CompiledInsert:
     few fixed sizes, each compiled once. One statement per chunk rather than
     ``executemany``: the driver releases the GIL around every row it steps,
     and a writer thread that must win the GIL back once per row crawls while
-    callers keep the interpreter busy.
+    callers keep the interpreter busy. On PostgreSQL with psycopg 3, a batch
+    is one ``COPY ... FROM STDIN`` of the model's columns (measured faster
+    than both multi-row INSERTs and the driver's pipelined ``executemany``).
     """
 
     CHUNKS = (500, 100, 20, 5, 1)
@@ -164,6 +166,13 @@ class _CompiledInsert:
         if sorted(order) != sorted(_COLUMNS):  # pragma: no cover - a peewee we do not know
             raise RuntimeError(f"unexpected INSERT parameters for {TABLE_NAME}: {order}")
         self._sql: dict[int, str] = {1: sql}
+        meta = AuditRecord._meta
+        quoted = ", ".join(f'"{meta.fields[name].column_name}"' for name in order)
+        self._copy_sql: str | None = (
+            f'COPY "{meta.table_name}" ({quoted}) FROM STDIN'
+            if isinstance(database, peewee.PostgresqlDatabase)
+            else None
+        )
         self._order = operator.itemgetter(*(_COLUMNS.index(name) for name in order))
         details_param = params[order.index("details")]
         # SQLite: the JSON text goes into json(?). PostgreSQL: the driver's
@@ -191,7 +200,13 @@ class _CompiledInsert:
         return self._order((*row.scalars, details, prev_hash, hash_))  # type: ignore[no-any-return]
 
     def execute(self, cursor: Any, params: list[tuple[Any, ...]]) -> None:
-        """Insert every row of ``params`` with as few statements as the chunks allow."""
+        """Insert every row of ``params``: COPY on PostgreSQL (psycopg 3), else
+        multi-row INSERTs, as few as the chunk sizes allow."""
+        if self._copy_sql is not None and len(params) > 1 and hasattr(cursor, "copy"):
+            with cursor.copy(self._copy_sql) as copy:
+                for row in params:
+                    copy.write_row(row)
+            return
         start, total = 0, len(params)
         for size in self.CHUNKS:
             while total - start >= size:
