@@ -46,7 +46,16 @@ def run(mode: str, ending: str, calls: int, queue_size: int) -> tuple[int, int]:
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "crash.db"
         child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, f"sqlite:///{db}", mode, str(queue_size), ending, str(calls)],
+            [
+                sys.executable,
+                "-c",
+                CHILD,
+                f"sqlite:///{db}",
+                mode,
+                str(queue_size),
+                ending,
+                str(calls),
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )

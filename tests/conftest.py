@@ -13,6 +13,8 @@ from blinker.base import ANY_ID
 from auditaspect import AuditEvent, AuditRecord, PeeweeSink, signals
 from auditaspect.redaction import get_redactor, set_redactor
 
+pytest_plugins = ["pytester"]
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 if str(EXAMPLES) not in sys.path:
     sys.path.insert(0, str(EXAMPLES))

@@ -14,7 +14,9 @@ from .context import AuditContext, audit_context, current_context
 from .decorator import audited, emit
 from .errors import AppendOnlyError, AuditError, AuditWriteError
 from .events import AuditEvent, Call, EventType
+from .instrument import instrument, instrument_from_toml, uninstrument
 from .integrity import Checkpoint, VerifyReport, checkpoint, verify
+from .logship import LogShipper, ship_to_logging
 from .model import AuditRecord
 from .redaction import Redactor, get_redactor, set_redactor, token_prefix
 from .sink import PeeweeSink, SinkStats
@@ -34,6 +36,7 @@ __all__ = [
     "Call",
     "Checkpoint",
     "EventType",
+    "LogShipper",
     "PeeweeSink",
     "Redactor",
     "SinkStats",
@@ -45,8 +48,12 @@ __all__ = [
     "current_context",
     "emit",
     "get_redactor",
+    "instrument",
+    "instrument_from_toml",
     "set_redactor",
+    "ship_to_logging",
     "signals",
     "token_prefix",
+    "uninstrument",
     "verify",
 ]
