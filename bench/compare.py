@@ -172,17 +172,40 @@ def sink_rate(tmp: Path, n: int, mode: str) -> float:
     return rate
 
 
-def buffered_latency(tmp: Path, n: int) -> dict[str, float]:
-    """Caller-side time per audited call while the writer is busy (µs)."""
+def _timed_calls(n: int) -> list[int]:
     args = ("plan-8f3a2c1d", ["billing", "invoices"], 12, "alice@example.com")
     samples = []
     clock = time.perf_counter_ns
+    for _ in range(n):
+        t0 = clock()
+        audited_apply(*args)
+        samples.append(clock() - t0)
+    return samples
+
+
+def buffered_latency(tmp: Path, n: int) -> dict[str, float]:
+    """Caller-side time per audited call while the writer is busy (µs)."""
     with PeeweeSink(f"sqlite:///{fresh_db(tmp, 'latency')}", mode="buffered") as sink:
-        for _ in range(n):
-            t0 = clock()
-            audited_apply(*args)
-            samples.append(clock() - t0)
+        samples = _timed_calls(n)
         sink.flush()
+    return _percentiles(samples)
+
+
+def receiver_latency(n: int) -> dict[str, float]:
+    """The same calls with a do-nothing receiver and no writer thread: the floor (µs)."""
+    from auditaspect import signals
+
+    def receiver(sender: Any, *, event: Any) -> None:
+        return None
+
+    signals.audit_event.connect(receiver)
+    try:
+        return _percentiles(_timed_calls(n))
+    finally:
+        signals.audit_event.disconnect(receiver)
+
+
+def _percentiles(samples: list[int]) -> dict[str, float]:
     samples.sort()
     return {
         "p50_us": samples[len(samples) // 2] / 1000,
@@ -306,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             "redaction, large": best(lambda: redaction_rate(LARGE, 50), repeat),
         }
         latency = buffered_latency(tmp, n * 2)
+        floor = receiver_latency(n * 2)
     ratios = {
         "buffered / raw executemany (>= 0.5)": rates["@audited -> buffered sink"]
         / rates["raw sqlite3 executemany"],
@@ -313,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         / rates["raw sqlite3 autocommit"],
         "no-receiver time / wrapt time (<= 1.5)": rates["wrapt pass-through"]
         / rates["@audited, no receiver"],
+        "buffered p99 / no-op receiver p99": latency["p99_us"] / floor["p99_us"],
     }
     memory = None if args.skip_memory else memory_growth(args.memory_calls)
     postgres = None
@@ -339,6 +364,10 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{k} {v:.1f}" for k, v in latency.items())
         + "  (target p99 <= 50)"
     )
+    print(
+        "same calls, no-op receiver, no writer (µs): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in floor.items())
+    )
     if memory is not None:
         print(
             f"memory: {memory['calls']:,} buffered calls, {memory['written']:,} written, "
@@ -355,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
                     "rates": rates,
                     "ratios": ratios,
                     "buffered_latency": latency,
+                    "noop_receiver_latency": floor,
                     "memory": memory,
                     "postgres": postgres,
                 },

@@ -23,7 +23,7 @@ from .binding import Binder
 from .context import current_context
 from .events import FAILURE, SUCCESS, AuditEvent, Call, Outcome, event_type_value
 from .redaction import get_redactor
-from .signals import has_receivers, send
+from .signals import audit_event, has_receivers, send, signal_for
 
 __all__ = ["Extractor", "audited", "emit"]
 
@@ -125,7 +125,7 @@ def _with_error(event: AuditEvent, text: str) -> AuditEvent:
 class _Audit:
     """The per-decoration state shared by the sync and async wrappers."""
 
-    __slots__ = ("binder", "event_type", "extractor", "is_static", "on_error", "target")
+    __slots__ = ("binder", "event_type", "extractor", "is_static", "on_error", "signal", "target")
 
     def __init__(
         self,
@@ -141,6 +141,8 @@ class _Audit:
         self.on_error = on_error
         self.is_static = is_static
         self.binder = Binder(func)
+        # Looked up once: the wrapper checks its receivers on every call.
+        self.signal = signal_for(event_type)
         self.target = f"{func.__module__}.{func.__qualname__}"
 
     def call(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any], **kw: Any) -> Call:
@@ -172,8 +174,6 @@ class _Audit:
         kwargs: dict[str, Any],
         result: Any,
     ) -> None:
-        if not has_receivers(self.event_type):
-            return
         call = self.call(instance, args, kwargs, result=result)
         event = build_event(self.event_type, self.details(call), target=self.target)
         send(instance if instance is not None else wrapped, event)
@@ -253,7 +253,8 @@ def _sync_wrapper(audit: _Audit) -> Any:
         except Exception as exc:
             audit.failed(wrapped, instance, args, kwargs, exc)
             raise
-        audit.succeeded(wrapped, instance, args, kwargs, result)
+        if audit_event.receivers or audit.signal.receivers:  # else build nothing
+            audit.succeeded(wrapped, instance, args, kwargs, result)
         return result
 
     return wrapper
@@ -269,7 +270,8 @@ def _async_wrapper(audit: _Audit) -> Any:
         except Exception as exc:
             audit.failed(wrapped, instance, args, kwargs, exc)
             raise
-        audit.succeeded(wrapped, instance, args, kwargs, result)
+        if audit_event.receivers or audit.signal.receivers:  # else build nothing
+            audit.succeeded(wrapped, instance, args, kwargs, result)
         return result
 
     return wrapper
