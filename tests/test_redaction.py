@@ -459,3 +459,13 @@ def test_details_just_under_the_cap_are_kept():
     redactor = Redactor(max_details_bytes=1024)
     details = {"a": "x" * 600}
     assert details == redactor.redact(details)
+
+
+def test_huge_strings_are_cut_before_scanning_and_never_leak():
+    """A string far above the cap is scanned only up to the cut; nothing secret survives."""
+    secret = "sk-live-" + "Q" * 30
+    blob = "x" * 40_000 + secret + "y" * 5_000_000 + secret
+    out = R.redact({"blob": blob})
+    assert out["_truncated"] is True
+    assert out["original_bytes"] > 5_000_000
+    assert "QQQQQQQQQQ" not in json.dumps(out)

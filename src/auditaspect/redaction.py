@@ -240,31 +240,46 @@ class Redactor:
 
         Never raises on the content of ``details``: odd values are turned into
         text or markers instead. Oversized details become a dict with
-        ``_truncated: True``, the original size and a cut preview.
+        ``_truncated: True``, ``original_bytes`` (at least the serialised size)
+        and a cut ``preview``.
         """
         walker = _Walk(self)
         redacted = walker.mapping(details, 0)
         # The walk's size estimate counts characters, not escaped JSON bytes;
         # only details that might be near the cap pay for an exact check.
         if walker.size * 6 > self.max_details_bytes:
-            return self._cap(redacted)
+            return self._cap(redacted, walker.size)
         return redacted
 
-    def _cap(self, redacted: dict[str, Any]) -> dict[str, Any]:
+    def _cap(self, redacted: dict[str, Any], estimate: int) -> dict[str, Any]:
         text = json.dumps(redacted, ensure_ascii=False, separators=(",", ":"))
         size = len(text.encode("utf-8"))
         if size <= self.max_details_bytes:
             return redacted
         preview = text[: self.max_details_bytes // 2]
-        return {TRUNCATED_KEY: True, "original_bytes": size, "preview": preview}
+        # Huge strings were cut before scanning: the estimate remembers their length.
+        return {TRUNCATED_KEY: True, "original_bytes": max(size, estimate), "preview": preview}
 
 
 class _Walk:
     """One traversal of a details structure (holds the cycle guard and size)."""
 
-    __slots__ = ("active", "clean", "is_secret_key", "key_cache", "mask", "redact_text", "size")
+    __slots__ = (
+        "active",
+        "clean",
+        "is_secret_key",
+        "key_cache",
+        "longest",
+        "mask",
+        "redact_text",
+        "size",
+    )
 
     def __init__(self, redactor: Redactor) -> None:
+        # A string longer than the cap will be cut with its details anyway:
+        # scan only its start (with a margin, so a secret straddling the cut
+        # is still recognised and masked).
+        self.longest = redactor.max_details_bytes + 16384
         self.is_secret_key = redactor.is_secret_key
         self.key_cache = redactor._key_cache
         self.redact_text = redactor.redact_text
@@ -317,6 +332,8 @@ class _Walk:
         kind = type(value)
         if kind is str:
             self.size += len(value)
+            if len(value) > self.longest:
+                value = value[: self.longest]
             return self.redact_text(value)
         if value is None or kind is bool:
             self.size += 8

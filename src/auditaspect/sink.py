@@ -17,9 +17,10 @@ Every write appends to the hash chain (:mod:`auditaspect.integrity`) under the
 database's write lock (``BEGIN IMMEDIATE`` on SQLite, a transaction-scoped
 advisory lock on PostgreSQL), so concurrent writers still form one chain.
 
-Rows are written with one INSERT compiled by peewee from :class:`AuditRecord`
-(the single definition of the table) and executed with the driver's
-``executemany``: peewee spends most of a single-row insert building SQL.
+Rows are written with INSERT statements compiled once by peewee from
+:class:`AuditRecord` (the single definition of the table) and executed on the
+driver's cursor (``COPY`` for PostgreSQL batches): peewee spends most of a
+single-row insert building SQL.
 
 When a write fails, the default is fail-open with spill: the audited call
 goes on, and the redacted event is appended (fsync'd) to a spill file, then
@@ -73,7 +74,6 @@ Mode = Literal["sync", "buffered"]
 _MODES = ("sync", "buffered")
 # Column order of the compiled INSERT's rows (every column but the auto id).
 _COLUMNS = (*CHAINED_FIELDS, "details", "prev_hash", "hash")
-_DETAILS = _COLUMNS.index("details")
 _HEAD_SQL = f"SELECT hash FROM {TABLE_NAME} ORDER BY id DESC LIMIT 1"
 # One advisory lock id for audit_log appends on PostgreSQL (stable across hosts).
 ADVISORY_LOCK_ID = zlib.crc32(b"auditaspect:audit_log")
@@ -444,7 +444,7 @@ class PeeweeSink:
         self.database.dispose()
         self._lock = threading.Lock()
         self._stats_lock = threading.Lock()
-        self.spill._lock = threading.Lock()
+        self.spill.after_fork()
 
     # -- receiving -----------------------------------------------------------
 

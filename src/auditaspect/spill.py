@@ -45,6 +45,10 @@ class SpillFile:
     def __repr__(self) -> str:
         return f"SpillFile({self.path!r})"
 
+    def after_fork(self) -> None:  # pragma: no cover - forked child
+        """Forget a lock a parent thread may have held at ``fork()``."""
+        self._lock = threading.Lock()
+
     @contextmanager
     def _locked(self) -> Iterator[int]:
         with self._lock:
