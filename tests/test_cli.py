@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from auditaspect import AuditEvent, PeeweeSink
+from auditaspect import AuditEvent, EventType, PeeweeSink
 from auditaspect.cli import main, parse_when
 
 
@@ -252,15 +252,5 @@ def test_quickstart_then_query_shows_the_nine_events(tmp_path):
     assert 0 == quick.returncode, quick.stderr
     result = run("query", "--db", "sqlite:///audit.db", cwd=tmp_path)
     assert 0 == result.returncode
-    for kind in (
-        "plan_applied",
-        "plan_cancelled",
-        "resource_modified",
-        "correction_applied",
-        "config_changed",
-        "entity_deleted",
-        "session_created",
-        "auth_success",
-        "auth_failure",
-    ):
+    for kind in (member.value for member in EventType):
         assert kind in result.stdout

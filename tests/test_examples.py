@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from auditaspect import AuditRecord, PeeweeSink, audit_context, emit
+from auditaspect import AuditRecord, EventType, PeeweeSink, audit_context, emit
 from planning import (
     AuthenticationError,
     AuthService,
@@ -235,16 +235,6 @@ def test_quickstart_runs_and_prints_nine_event_types(tmp_path):
     )
     assert 0 == result.returncode, result.stderr
     assert (tmp_path / "audit.db").exists()
-    for event_type in (
-        "plan_applied",
-        "plan_cancelled",
-        "resource_modified",
-        "correction_applied",
-        "config_changed",
-        "entity_deleted",
-        "session_created",
-        "auth_success",
-        "auth_failure",
-    ):
+    for event_type in (member.value for member in EventType):
         assert event_type in result.stdout
     assert "s3cret-Pa55" not in result.stdout

@@ -14,7 +14,15 @@ import time
 import peewee
 import pytest
 
-from auditaspect import AuditRecord, PeeweeSink, audit_context, audited, emit, verify
+from auditaspect import (
+    AuditRecord,
+    EventType,
+    PeeweeSink,
+    audit_context,
+    audited,
+    emit,
+    verify,
+)
 from auditaspect.database import close_database, open_database
 from planning import (
     AuthenticationError,
@@ -29,17 +37,7 @@ from planning import (
 
 pytestmark = pytest.mark.postgres
 
-NINE = {
-    "plan_applied",
-    "plan_cancelled",
-    "resource_modified",
-    "correction_applied",
-    "config_changed",
-    "entity_deleted",
-    "session_created",
-    "auth_success",
-    "auth_failure",
-}
+NINE = {member.value for member in EventType}
 
 
 def run_domain(tmp_path) -> str:

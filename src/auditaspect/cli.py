@@ -37,22 +37,8 @@ from .model import TABLE_NAME, AuditRecord
 
 __all__ = ["main", "main_exit"]
 
-COLUMNS = (
-    "id",
-    "event_id",
-    "timestamp",
-    "event_type",
-    "outcome",
-    "actor",
-    "plan_id",
-    "ip",
-    "correlation_id",
-    "target",
-    "details",
-    "error",
-    "prev_hash",
-    "hash",
-)
+# Every column of audit_log, in table order, from the model (the one definition).
+COLUMNS = tuple(field.name for field in AuditRecord._meta.sorted_fields)
 TABLE_COLUMNS = ("id", "timestamp", "event_type", "outcome", "actor", "plan_id", "ip", "details")
 _PAGE = 1000
 _RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
