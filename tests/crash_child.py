@@ -11,6 +11,7 @@ without closing the sink: atexit must flush), ``close`` (sink.close()),
 
 from __future__ import annotations
 
+import faulthandler
 import sys
 
 from auditaspect import AuditEvent, PeeweeSink, audited, signals
@@ -22,6 +23,9 @@ def modify(resource_id: str) -> None:
 
 
 def main() -> int:
+    # A child that hangs dumps every thread's stack to stderr and exits, so a
+    # failing test shows where (no crash test runs anywhere near this long).
+    faulthandler.dump_traceback_later(45, exit=True)
     url, mode, count, end = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     queue_size = int(sys.argv[5]) if len(sys.argv) > 5 else 10_000
     last: list[str] = []
