@@ -163,7 +163,12 @@ def naive_peewee(tmp: Path, n: int) -> float:
 
 
 def sink_rate(tmp: Path, n: int, mode: str) -> float:
-    with PeeweeSink(f"sqlite:///{fresh_db(tmp, mode)}", mode=mode) as sink:  # type: ignore[arg-type]
+    return url_sink_rate(f"sqlite:///{fresh_db(tmp, mode)}", n, mode)
+
+
+def url_sink_rate(url: str, n: int, mode: str) -> float:
+    """Audited calls per second into a sink on ``url``, until flush() returns."""
+    with PeeweeSink(url, mode=mode) as sink:  # type: ignore[arg-type]
         start = time.perf_counter()
         call_rate(audited_apply, n)
         sink.flush()
@@ -251,13 +256,7 @@ def pg_raw_executemany(url: str, n: int) -> float:
 
 def pg_sink_rate(url: str, n: int) -> float:
     pg_reset(url)
-    with PeeweeSink(url, mode="buffered") as sink:
-        start = time.perf_counter()
-        call_rate(audited_apply, n)
-        sink.flush()
-        rate = n / (time.perf_counter() - start)
-        assert sink.stats.written == n, sink.stats
-    return rate
+    return url_sink_rate(url, n, "buffered")
 
 
 MEMORY_SCRIPT = """
