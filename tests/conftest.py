@@ -15,9 +15,31 @@ from auditaspect.redaction import get_redactor, set_redactor
 
 pytest_plugins = ["pytester"]
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
 if str(EXAMPLES) not in sys.path:
     sys.path.insert(0, str(EXAMPLES))
+
+
+def source_tree_problem() -> str | None:
+    """Say why the imported auditaspect is not an installed copy, or None when it is."""
+    import auditaspect
+
+    imported = Path(auditaspect.__file__).resolve()
+    if imported.is_relative_to(ROOT / "auditaspect"):
+        return (
+            f"the tests imported the working-tree copy of auditaspect ({imported.parent}), "
+            "not the installed package: run them through tox, or install the package and "
+            "run pytest from outside the repository root"
+        )
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse to test the working tree: the suite must exercise the installed wheel."""
+    problem = source_tree_problem()
+    if problem:
+        raise pytest.UsageError(problem)
 
 
 def _all_signals() -> list[Any]:
