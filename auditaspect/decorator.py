@@ -49,9 +49,7 @@ def describe_error(error: BaseException) -> str:
         message = str(error)
     except Exception:
         message = "<unprintable message>"
-    if len(message) > MAX_ERROR_MESSAGE:
-        message = message[:MAX_ERROR_MESSAGE] + "…"
-    message = get_redactor().redact_text(message)
+    message = get_redactor().redact_capped(message, MAX_ERROR_MESSAGE)
     name = type(error).__name__
     return f"{name}: {message}" if message else name
 
@@ -117,7 +115,7 @@ def emit(event_type: str, /, **details: Any) -> AuditEvent:
 
 def _with_error(event: AuditEvent, text: str) -> AuditEvent:
     redactor = get_redactor()
-    changed = attrs.evolve(event, error=redactor.redact_text(text[:MAX_ERROR_MESSAGE]))
+    changed = attrs.evolve(event, error=redactor.redact_capped(text, MAX_ERROR_MESSAGE))
     object.__setattr__(changed, "_redacted_by", redactor)
     return changed
 

@@ -1,41 +1,50 @@
 """Masking secrets before anyone sees them: the :class:`Redactor`.
 
 Redaction runs on every event before the first receiver gets it, and a sink
-runs it again before writing, so no receiver and no row gets a secret by
-default. Two rules apply, in this order of priority:
+runs it again before writing events built by hand, so no receiver and no row
+gets a secret by default. Two rules apply, in this order of priority:
 
 1. **Keys.** A value under a secret-like key (``password``, ``api_key``,
-   ``Authorization``, ``client_secret``, ...) is replaced by the mask, whatever
-   it is, at any depth. Keys are compared after normalisation (lower case,
-   only letters and digits), so ``API-Key``, ``apiKey`` and ``api_key`` are one.
-2. **Values.** Every string, under any key, is scanned for secret-looking text
-   (bearer tokens, JWTs, PEM private keys, AWS access key ids, passwords in
-   URLs, provider keys such as ``sk-...``/``ghp_...``/``xoxb-...``, and
-   ``password=...`` pairs inside free text); the secret part is masked.
+   ``Authorization``, ``client_secret``, ``pw``, ...) is replaced by ``mask``,
+   whatever it is, at any depth. Keys are compared after normalisation (lower
+   case, only letters and digits), so ``API-Key``, ``apiKey`` and ``api_key``
+   are one.
+2. **Text.** Every string, keys included, is scanned with the secret rules of
+   :mod:`auditaspect.rules` (about a hundred provider token formats, private
+   keys, JWTs, credentials in URLs, headers and commands, and keyword
+   assignments such as ``DB_PASSWORD=...`` or ``{'api_key': '...'}``); each
+   secret found becomes ``finding_mask`` naming the rule,
+   ``[REDACTED:github-pat]``.
 
 The walk also makes the details JSON-safe: non-JSON values become a short
 textual form, cycles and excessive depth become visible markers, and details
 whose JSON exceeds ``max_details_bytes`` are replaced by a marked, cut preview.
 It never raises on odd input.
 
-Every pattern has bounded quantifiers and starts from a literal, so scanning
-stays linear on multi-megabyte strings.
+The same rules serve application logs: :class:`RedactingFilter` for
+:mod:`logging` and :class:`StructlogRedactor` for structlog.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import logging
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from datetime import date, datetime, time
 from typing import Any
 
+from .rules import Finding, RuleSet, default_rules
+
 __all__ = [
+    "DEFAULT_FINDING_MASK",
     "DEFAULT_MASK",
     "DEFAULT_MAX_DETAILS_BYTES",
+    "RedactingFilter",
     "Redactor",
+    "StructlogRedactor",
     "TokenPrefix",
     "get_redactor",
     "set_redactor",
@@ -43,6 +52,9 @@ __all__ = [
 ]
 
 DEFAULT_MASK = "[REDACTED]"
+DEFAULT_FINDING_MASK = "[REDACTED:{rule}]"
+# The rule id of a match of one of the user's extra_patterns.
+CUSTOM_RULE = "custom"
 DEFAULT_MAX_DETAILS_BYTES = 64 * 1024
 MAX_DEPTH = 32
 # The textual form of an object that is not JSON: long enough to be useful,
@@ -70,61 +82,28 @@ SECRET_KEY_PARTS: tuple[str, ...] = (
     "encryptionkey",
 )
 # Normalised key names that are secret only as a whole word.
-SECRET_KEYS_EXACT: frozenset[str] = frozenset({"pwd", "auth", "otp", "pin", "cvv", "cvc", "ssn"})
-
-_SECRET_WORDS = r"(?:password|passwd|passphrase|pwd|secret|token|api[_-]?key|apikey|authorization)"
-
-# (name, pattern, replacement). A replacement keeps the harmless prefix of the
-# match (scheme, user name, "Bearer ") so the log stays readable. Each pattern
-# starts from a literal: sre jumps between occurrences of a literal prefix with
-# a fast search, so strings without the trigger cost a single scan.
-_VALUE_RULES: tuple[tuple[str, str, str], ...] = (
-    (
-        "pem_private_key",
-        r"-----BEGIN[A-Z ]{0,40}PRIVATE KEY-----"
-        r"(?:[^-]{0,65536}-----END[A-Z ]{0,40}PRIVATE KEY-----|[A-Za-z0-9+/=\s]{0,65536})",
-        "{mask}",
-    ),
-    (
-        "jwt",
-        r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{2,8192}\.eyJ[A-Za-z0-9_-]{2,8192}\.[A-Za-z0-9_-]{0,8192}",
-        "{mask}",
-    ),
-    ("bearer", r"(?i)(bearer)[ \t]{1,16}[A-Za-z0-9._~+/-]{8,8192}=*", r"\1 {mask}"),
-    (
-        "aws_key_id",
-        r"\b(?:AKIA|ASIA|ABIA|ACCA|AIDA|AROA|AIPA|ANPA|ANVA|AGPA)[A-Z0-9]{16}\b",
-        "{mask}",
-    ),
-    ("url_password", r"://([^\s:/@]{0,256}):[^\s@/]{1,256}@", r"://\1:{mask}@"),
-    ("sk_key", r"\bsk[-_][A-Za-z0-9_-]{16,8192}", "{mask}"),
-    (
-        "github_token",
-        r"\b(?:gh[pousr]_[A-Za-z0-9]{20,255}|github_pat_[A-Za-z0-9_]{20,255})",
-        "{mask}",
-    ),
-    ("slack_token", r"\bxox[abposr]-[A-Za-z0-9-]{8,255}", "{mask}"),
-    (
-        "secret_pair",
-        r"(?i)\b(" + _SECRET_WORDS + r")(\"?\s{0,8}[=:]\s{0,8}[\"']?)[^\s\"',;&}]{1,512}",
-        r"\1\2{mask}",
-    ),
+SECRET_KEYS_EXACT: frozenset[str] = frozenset(
+    {"pwd", "pw", "pass", "passcode", "auth", "otp", "pin", "cvv", "cvc", "ssn"}
 )
 
-# One cheap search, on the lower-cased text, that every rule's match must
-# contain: most strings have no trigger at all and skip the rules. (An
-# IGNORECASE alternation is several times slower than lower() and a plain one.)
-_TRIGGER = re.compile(
-    r"-----begin|eyj|bearer|a(?:kia|sia|bia|cca|ida|roa|ipa|npa|nva|gpa)|://|sk[-_]|gh[pousr]_"
-    r"|github_pat_|xox|pass|pwd|secret|token|api[_-]?key|authorization"
-)
 _KEY_CACHE_LIMIT = 4096
+# Longer than any match of a shipped rule (the longest, a private key block, is
+# under 66,000 characters): text this far past a cut cannot hide the end of a
+# secret that starts before it.
+_SCAN_MARGIN = 128 * 1024
 # Short strings that needed no change are remembered: in real details the
 # same values (user names, project names, statuses) come back constantly.
 _CLEAN_CACHE_LIMIT = 8192
 _CLEAN_MAX_LEN = 256
 _INT64 = 2**63
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class _Default(enum.Enum):
+    TOKEN = 0
+
+
+_DEFAULT = _Default.TOKEN
 
 
 class TokenPrefix(str):
@@ -157,11 +136,19 @@ class Redactor:
     """Masks secrets and makes event details JSON-safe.
 
     ``extra_keys`` adds secret key names (normalised the same way as the
-    defaults; each matches as a part of a key), ``extra_patterns`` adds regular
-    expressions whose whole match is masked (keep them linear: bounded
-    quantifiers, a literal start), ``mask`` is the replacement text, and
+    defaults; each matches as a part of a key). ``extra_patterns`` adds regular
+    expressions whose whole match is masked as rule ``custom`` (keep them
+    linear: bounded quantifiers, a literal start; they run on every string).
+    ``rules`` replaces the shipped :class:`~auditaspect.rules.RuleSet`.
+    ``mask`` replaces values under secret keys; ``finding_mask`` replaces a
+    secret found inside text, with ``{rule}`` standing for the rule's id: by
+    default ``[REDACTED:{rule}]``, or ``mask`` itself when you set a ``mask``
+    of your own; pass ``finding_mask=None`` for the plain mask everywhere.
     ``max_details_bytes`` caps an event's serialised details (64 KiB by
-    default). A redactor is immutable and safe to share between threads.
+    default).
+
+    A redactor is immutable and safe to share between threads; it never raises
+    on the content it is given.
     """
 
     def __init__(
@@ -170,6 +157,8 @@ class Redactor:
         extra_keys: Iterable[str] = (),
         extra_patterns: Iterable[str | re.Pattern[str]] = (),
         mask: str = DEFAULT_MASK,
+        finding_mask: str | None | _Default = _DEFAULT,
+        rules: RuleSet | None = None,
         max_details_bytes: int = DEFAULT_MAX_DETAILS_BYTES,
     ) -> None:
         if max_details_bytes < 256:
@@ -177,26 +166,34 @@ class Redactor:
         extra = tuple(_normalise_key(k) for k in extra_keys)
         if any(not k for k in extra):
             raise ValueError("extra_keys must contain letters or digits")
+        if isinstance(finding_mask, _Default):
+            finding_mask = DEFAULT_FINDING_MASK if mask == DEFAULT_MASK else None
+        if finding_mask is not None:
+            try:
+                finding_mask.format(rule="x")
+            except (KeyError, IndexError, ValueError):
+                raise ValueError(
+                    "finding_mask may only use {rule} as a placeholder (write {{ for a brace)"
+                ) from None
         self.mask = mask
+        self.finding_mask = finding_mask
         self.max_details_bytes = max_details_bytes
+        self.rules = default_rules() if rules is None else rules
         parts = SECRET_KEY_PARTS + extra
         self._key_re = re.compile("|".join(re.escape(p) for p in sorted(set(parts))))
         self._key_cache: dict[str, bool] = {}
         self._clean: set[str] = set()
-        escaped_mask = mask.replace("\\", "\\\\")
-        rules = [
-            (re.compile(pattern), repl.replace("{mask}", escaped_mask))
-            for _, pattern, repl in _VALUE_RULES
-        ]
-        for pattern in extra_patterns:
-            compiled = re.compile(pattern) if isinstance(pattern, str) else pattern
-            rules.append((compiled, escaped_mask))
-        self._rules = tuple(rules)
-        # User patterns have no entry in the trigger search: scan everything.
-        self._always_scan = len(rules) > len(_VALUE_RULES)
+        self._masks: dict[str, str] = {}
+        self._patterns = tuple(
+            re.compile(pattern) if isinstance(pattern, str) else pattern
+            for pattern in extra_patterns
+        )
 
     def __repr__(self) -> str:
-        return f"Redactor(mask={self.mask!r}, max_details_bytes={self.max_details_bytes})"
+        return (
+            f"Redactor(mask={self.mask!r}, finding_mask={self.finding_mask!r}, "
+            f"rules={len(self.rules)}, max_details_bytes={self.max_details_bytes})"
+        )
 
     def is_secret_key(self, key: str) -> bool:
         """Tell whether a value under ``key`` is masked (cached per key)."""
@@ -209,18 +206,52 @@ class Redactor:
             self._key_cache[key] = secret
         return secret
 
+    def scan(self, text: str) -> list[Finding]:
+        """Return the secrets found in ``text``, in order, without changing it."""
+        found = self.rules.findings(text)
+        if not self._patterns:
+            return found
+        for pattern in self._patterns:
+            found.extend(Finding(m.start(), m.end(), CUSTOM_RULE) for m in pattern.finditer(text))
+        found.sort(key=lambda f: f.start)
+        merged: list[Finding] = []
+        for finding in found:
+            if merged and finding.start < merged[-1].end:
+                last = merged[-1]
+                if finding.end > last.end:
+                    merged[-1] = Finding(last.start, finding.end, last.rule)
+            elif finding.end > finding.start:
+                merged.append(finding)
+        return merged
+
+    def mask_for(self, rule: str) -> str:
+        """The text that replaces a secret found by ``rule``."""
+        text = self._masks.get(rule)
+        if text is None:
+            template = self.finding_mask
+            text = self.mask if template is None else template.format(rule=rule)
+            self._masks[rule] = text
+        return text
+
     def redact_text(self, text: str) -> str:
-        """Mask secret-looking parts of ``text`` and make it storable.
+        """Mask the secrets in ``text`` and make it storable.
 
         NUL characters and lone surrogates (which PostgreSQL or UTF-8 cannot
-        store) are replaced by U+FFFD.
+        store) are replaced by U+FFFD. Redacting redacted text changes nothing.
         """
         if text in self._clean or isinstance(text, TokenPrefix):
             return text
         original = text
-        if self._always_scan or _TRIGGER.search(text.lower()) is not None:
-            for pattern, repl in self._rules:
-                text = pattern.sub(repl, text)
+        findings = self.scan(text)
+        if findings:
+            parts: list[str] = []
+            position = 0
+            for finding in findings:
+                parts.append(text[position : finding.start])
+                parts.append(self.mask_for(finding.rule))
+                position = finding.end
+            parts.append(text[position:])
+            text = "".join(parts)
         if "\x00" in text:
             text = text.replace("\x00", "\ufffd")
         if not text.isascii():
@@ -234,6 +265,19 @@ class Redactor:
                 clean.clear()
             clean.add(text)
         return text
+
+    def redact_capped(self, text: str, limit: int) -> str:
+        """Redact ``text``, then cut it to ``limit`` characters with an ellipsis.
+
+        Redaction comes first, so a secret that straddles the cut is masked
+        whole rather than cut into a piece no rule recognises. Only the start
+        of a huge text is scanned: every rule's match is far shorter than the
+        margin kept beyond ``limit``.
+        """
+        redacted = self.redact_text(text[: limit + _SCAN_MARGIN])
+        if len(redacted) > limit:
+            return redacted[:limit] + "…"
+        return redacted
 
     def redact(self, details: Mapping[str, Any]) -> dict[str, Any]:
         """Return a redacted, JSON-safe copy of ``details`` within the size cap.
@@ -279,7 +323,7 @@ class _Walk:
         # A string longer than the cap will be cut with its details anyway:
         # scan only its start (with a margin, so a secret straddling the cut
         # is still recognised and masked).
-        self.longest = redactor.max_details_bytes + 16384
+        self.longest = redactor.max_details_bytes + _SCAN_MARGIN
         self.is_secret_key = redactor.is_secret_key
         self.key_cache = redactor._key_cache
         self.redact_text = redactor.redact_text
@@ -303,7 +347,13 @@ class _Walk:
         key_cache, clean, walk, mask = self.key_cache, self.clean, self.value, self.mask
         size = 0
         for key, item in items:
-            name = key if type(key) is str else str(walk(key, depth))
+            if type(key) is str and key in clean:
+                name = key
+            else:
+                # A key is text like any other: a secret used as a key is masked too.
+                name = self.redact_text(key) if type(key) is str else str(walk(key, depth))
+                if name in out:  # two keys masked alike must not overwrite each other
+                    name = _unique_key(name, out)
             size += len(name) + 4
             secret = key_cache.get(name)
             if secret is None:
@@ -385,6 +435,13 @@ class _Walk:
             self.size += 16
             return f"<{len(value)} bytes>"
         return self.value(_text_form(value), depth)
+
+
+def _unique_key(name: str, taken: Mapping[str, Any]) -> str:
+    number = 2
+    while f"{name}#{number}" in taken:
+        number += 1
+    return f"{name}#{number}"
 
 
 def _stable_order(items: Iterable[Any]) -> list[Any]:
