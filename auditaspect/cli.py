@@ -7,12 +7,13 @@
     auditaspect [--db URL] export --format jsonl|csv [--output FILE]
     auditaspect [--db URL] verify [--key KEY] [--checkpoint FILE] [--write-checkpoint FILE]
     auditaspect [--db URL] stats
+    auditaspect redact-check [FILE] [--rules RULES.toml]
 
 ``--db`` defaults to ``$AUDITASPECT_DATABASE_URL``, else ``sqlite:///audit.db``.
 WHEN is an ISO timestamp (UTC when it has no offset) or a relative age such as
 ``30s``, ``15m``, ``2h``, ``7d``, ``2w``. Mistakes (bad URL, missing table,
 unknown option, bad time) print one line and exit with status 2; ``verify``
-exits 1 when the chain is broken.
+exits 1 when the chain is broken, ``redact-check`` when it found a secret.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from . import __version__
 from .database import close_database, open_database, resolve_url, sqlite_path
 from .integrity import Checkpoint, checkpoint, verify
 from .model import TABLE_NAME, AuditRecord
+from .redaction import Redactor
+from .rules import RuleSet, default_rules, load_rules
 
 __all__ = ["main", "main_exit"]
 
@@ -281,6 +284,38 @@ def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_redact_check(args: argparse.Namespace, out: TextIO) -> int:
+    """Print the text redacted, and on stderr each rule that fired; exit 1 when any did."""
+    text = _read_text(args.file)
+    rules = default_rules()
+    if args.rules:
+        try:
+            rules = RuleSet([*rules.rules, *load_rules(_read_text(args.rules), where=args.rules)])
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    redactor = Redactor(rules=rules)
+    findings = redactor.scan(text)
+    out.write(redactor.redact_text(text))
+    out.flush()
+    descriptions = {rule.id: rule.description for rule in rules.rules}
+    for finding in findings:
+        line = text.count("\n", 0, finding.start) + 1
+        about = descriptions.get(finding.rule, "")
+        sys.stderr.write(f"line {line}: {finding.rule}" + (f" ({about})" if about else "") + "\n")
+    sys.stderr.write(f"{len(findings)} secret(s) found\n")
+    return 1 if findings else 0
+
+
+def _read_text(path: str | None) -> str:
+    if path in (None, "-"):
+        return sys.stdin.read()
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+
+
 def _parser() -> _Parser:
     db_help = "database URL (default: $AUDITASPECT_DATABASE_URL, else sqlite:///audit.db)"
     parser = _Parser(prog="auditaspect", description="Read and check an auditaspect audit log.")
@@ -325,6 +360,14 @@ def _parser() -> _Parser:
 
     stats = sub.add_parser("stats", parents=[common], help="counts by type, actor, outcome and day")
     stats.set_defaults(run=cmd_stats)
+
+    redact = sub.add_parser(
+        "redact-check",
+        help="print text redacted and the rules that fired (exit 1 when a secret was found)",
+    )
+    redact.add_argument("file", nargs="?", help="file to check (default: standard input)")
+    redact.add_argument("--rules", help="a TOML file of extra rules (see secret_rules.toml)")
+    redact.set_defaults(run=cmd_redact_check)
     return parser
 
 

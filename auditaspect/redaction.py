@@ -480,3 +480,119 @@ def set_redactor(redactor: Redactor) -> Redactor:
         raise TypeError(f"expected a Redactor, not {type(redactor).__name__}")
     previous, _active = _active, redactor
     return previous
+
+
+# --------------------------------------------------------------------------
+# The same rules for application logs: a logging.Filter and a structlog processor.
+
+# Attributes every LogRecord has; anything else came in through ``extra=``.
+_RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+def _redact_loosely(redactor: Redactor, value: Any, depth: int = 0) -> Any:
+    """Mask secrets in strings and containers; leave every other object as it is.
+
+    Unlike :meth:`Redactor.redact` this keeps non-JSON values (exception
+    objects, ``exc_info=True``) for the processors and formatters after it.
+    """
+    if isinstance(value, str):
+        return redactor.redact_text(value)
+    if depth >= MAX_DEPTH:
+        return value
+    if isinstance(value, Mapping):
+        return {
+            key: (
+                redactor.mask
+                if isinstance(key, str) and redactor.is_secret_key(key)
+                else _redact_loosely(redactor, item, depth + 1)
+            )
+            for key, item in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        items = [_redact_loosely(redactor, item, depth + 1) for item in value]
+        return items if isinstance(value, list) else tuple(items)
+    return value
+
+
+class RedactingFilter(logging.Filter):
+    """A :class:`logging.Filter` that masks secrets in every record it lets through.
+
+    Attach it to a *handler* (a filter on a logger does not see records of its
+    child loggers)::
+
+        handler.addFilter(RedactingFilter())
+
+    The message is formatted with its arguments, redacted, and stored back
+    without arguments; exception and stack text are formatted and redacted
+    now, so the formatter prints the redacted text; attributes given with
+    ``extra=`` are redacted, and masked whole under secret-like names. With
+    ``redactor=None`` the active redactor (:func:`get_redactor`) is used.
+
+    It never drops a record and never raises: a record whose message cannot
+    be formatted keeps a marker saying so instead of its text.
+    """
+
+    def __init__(self, redactor: Redactor | None = None, name: str = "") -> None:
+        super().__init__(name)
+        self.redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Redact ``record`` in place; always return True (the record is kept)."""
+        redactor = self.redactor or _active
+        try:
+            message = record.getMessage()
+        except Exception as exc:  # a bad format string must not lose the record
+            message = f"<unformattable log message: {type(exc).__name__}>"
+        record.msg = redactor.redact_text(message)
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redactor.redact_text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redactor.redact_text(record.stack_info)
+        for name in set(record.__dict__) - _RECORD_ATTRS:
+            value = record.__dict__[name]
+            if redactor.is_secret_key(name):
+                record.__dict__[name] = redactor.mask
+            else:
+                record.__dict__[name] = _redact_loosely(redactor, value)
+        return True
+
+
+class StructlogRedactor:
+    """A structlog processor that masks secrets in the event dict.
+
+    Place it after ``format_exc_info`` (so tracebacks are text by then) and
+    before the renderer::
+
+        structlog.configure(processors=[..., structlog.processors.format_exc_info,
+                                        StructlogRedactor(), structlog.processors.JSONRenderer()])
+
+    Strings are redacted with the audit log's rules at any depth, values under
+    secret-like keys are masked, and every other value is passed on as it is.
+    With ``redactor=None`` the active redactor is used. It never raises on
+    the content of the event dict.
+    """
+
+    def __init__(self, redactor: Redactor | None = None) -> None:
+        self.redactor = redactor
+
+    def __repr__(self) -> str:
+        return f"StructlogRedactor({self.redactor!r})"
+
+    def __call__(
+        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        """Return ``event_dict`` with its secrets masked."""
+        redactor = self.redactor or _active
+        for key, value in list(event_dict.items()):
+            if redactor.is_secret_key(key):
+                event_dict[key] = redactor.mask
+            else:
+                event_dict[key] = _redact_loosely(redactor, value)
+        return event_dict

@@ -254,3 +254,47 @@ def test_quickstart_then_query_shows_the_nine_events(tmp_path):
     assert 0 == result.returncode
     for kind in (member.value for member in EventType):
         assert kind in result.stdout
+
+
+def test_redact_check_prints_redacted_text_and_the_rules_that_fired(tmp_path):
+    """redact-check on stdin: redacted text on stdout, rule and line on stderr, exit 1."""
+    token = "ghp_" + "k8Z" * 12
+    result = subprocess.run(
+        [sys.executable, "-m", "auditaspect", "redact-check"],
+        input=f"hello\nDB_PASSWORD=hunter2x and {token}\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert 1 == result.returncode
+    assert (
+        "hello\nDB_PASSWORD=[REDACTED:password-assignment] and [REDACTED:github-pat]\n"
+        == result.stdout
+    )
+    assert "line 2: password-assignment" in result.stderr
+    assert "line 2: github-pat (GitHub personal access token (classic))" in result.stderr
+    assert "2 secret(s) found" in result.stderr
+
+
+def test_redact_check_on_a_clean_file_and_with_extra_rules(tmp_path):
+    """A clean file exits 0 unchanged; --rules adds the user's own formats; mistakes exit 2."""
+    clean = tmp_path / "clean.txt"
+    clean.write_text("nothing to see: 94a2de50-ff54-4939-a9d6-bd800bc49874\n", encoding="utf-8")
+    result = run("redact-check", str(clean))
+    assert 0 == result.returncode
+    assert clean.read_text(encoding="utf-8") == result.stdout
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        "[[rule]]\nid = 'acme'\nkeywords = ['acme_']\nregex = '''acme_[0-9]{6}'''\n",
+        encoding="utf-8",
+    )
+    clean.write_text("key acme_123456\n", encoding="utf-8")
+    result = run("redact-check", str(clean), "--rules", str(rules))
+    assert (1, "key [REDACTED:acme]\n") == (result.returncode, result.stdout)
+    assert 2 == run("redact-check", str(tmp_path / "missing.txt")).returncode
+    rules.write_text("[[rule]\n", encoding="utf-8")
+    bad = run("redact-check", str(clean), "--rules", str(rules))
+    assert 2 == bad.returncode
+    assert "not valid TOML" in bad.stderr
+    assert "Traceback" not in bad.stderr

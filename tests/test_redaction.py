@@ -470,3 +470,95 @@ def test_huge_strings_are_cut_before_scanning_and_never_leak():
     assert out["_truncated"] is True
     assert out["original_bytes"] > 5_000_000
     assert "QQQQQQQQQQ" not in json.dumps(out)
+
+
+GITHUB_TOKEN = "ghp_" + "Q7x" * 12
+
+
+def test_logging_filter_redacts_message_args_extras_and_tracebacks(tmp_path):
+    """RedactingFilter on a real file handler: no secret from any part of a record reaches the file."""
+    import logging
+
+    from auditaspect.redaction import RedactingFilter
+
+    path = tmp_path / "app.log"
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s %(user)s %(api_key)s"))
+    handler.addFilter(RedactingFilter())
+    logger = logging.getLogger("tests.redacting_filter")
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        logger.warning(
+            "login for %s with password=%s",
+            "bob",
+            "hunter2x",
+            extra={"user": f"bob {GITHUB_TOKEN}", "api_key": "k-123456"},
+        )
+        try:
+            raise RuntimeError(f"bad config: {{'api_key': '{GITHUB_TOKEN}'}}")
+        except RuntimeError:
+            logger.exception("failed: %d%%", 50, extra={"user": "u", "api_key": "x"})
+        # A bad format string: kept, with a marker instead of its text.
+        logger.error("broken %s %s", "only-one", extra={"user": "u", "api_key": "x"})
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    text = path.read_text(encoding="utf-8")
+    for secret in ("hunter2x", GITHUB_TOKEN, "k-123456"):
+        assert secret not in text
+    assert "login for bob with password=[REDACTED:password-assignment]" in text
+    assert "Traceback" in text
+    assert "failed: 50%" in text
+    assert "<unformattable log message: TypeError>" in text
+
+
+def test_structlog_processor_redacts_and_keeps_other_values():
+    """StructlogRedactor masks strings and secret keys at any depth; other values pass through."""
+    import structlog
+
+    from auditaspect.redaction import StructlogRedactor
+
+    marker = object()
+    with structlog.testing.capture_logs(processors=[StructlogRedactor()]) as logs:
+        structlog.get_logger().info(
+            f"pushed with {GITHUB_TOKEN}",
+            password="hunter2x",
+            request={"headers": {"Authorization": "Bearer abc123def456"}, "n": 3},
+            items=[f"token={GITHUB_TOKEN}", ("a", 1)],
+            obj=marker,
+        )
+    (entry,) = logs
+    assert "pushed with [REDACTED:github-pat]" == entry["event"]
+    assert "[REDACTED]" == entry["password"]
+    assert {"headers": {"Authorization": "[REDACTED]"}, "n": 3} == entry["request"]
+    assert ["token=[REDACTED:github-pat]", ("a", 1)] == entry["items"]
+    assert marker is entry["obj"]
+
+
+def test_structlog_processor_in_a_real_pipeline(capsys):
+    """Configured with format_exc_info and JSONRenderer, a traceback's secret is masked too."""
+    import structlog
+
+    from auditaspect.redaction import StructlogRedactor
+
+    structlog.configure(
+        processors=[
+            structlog.processors.format_exc_info,
+            StructlogRedactor(),
+            structlog.processors.JSONRenderer(),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(),
+        cache_logger_on_first_use=False,
+    )
+    try:
+        try:
+            raise ValueError(f"token {GITHUB_TOKEN}")
+        except ValueError:
+            structlog.get_logger().exception("boom")
+    finally:
+        structlog.reset_defaults()
+    line = json.loads(capsys.readouterr().out)
+    assert GITHUB_TOKEN not in json.dumps(line)
+    assert "[REDACTED:github-pat]" in line["exception"]
+    assert "StructlogRedactor(None)" == repr(StructlogRedactor())
