@@ -242,7 +242,7 @@ class Redactor:
         if text in self._clean or isinstance(text, TokenPrefix):
             return text
         original = text
-        findings = self.scan(text)
+        findings = self.scan(text) if self._patterns else self.rules.findings(text)
         if findings:
             parts: list[str] = []
             position = 0

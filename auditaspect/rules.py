@@ -222,13 +222,18 @@ class RuleSet:
         self.rules: tuple[Rule, ...] = tuple(ordered)
         self._priority = {rule.id: rank for rank, rule in enumerate(self.rules)}
         self.min_width = min((rule.width for rule in self.rules), default=1)
-        self._buckets = [self._bucket(limit) for limit in self._BUCKETS]
+        buckets = [self._bucket(limit) for limit in self._BUCKETS]
+        # The bucket of every short length, looked up by index on the hot path.
+        self._by_length = [
+            next(b for limit, b in zip(self._BUCKETS, buckets) if size < limit)
+            for size in range(self._BUCKETS[-1])
+        ]
         self._largest = self._bucket(sys.maxsize)
 
     def _bucket(self, limit: int) -> tuple[re.Pattern[str] | None, tuple[tuple[str, Rule], ...]]:
         fitting = [rule for rule in self.rules if rule.width <= limit]
-        keywords = sorted({kw for rule in fitting for kw in rule.keywords}, key=len, reverse=True)
-        trigger = re.compile("|".join(map(re.escape, keywords))) if keywords else None
+        keywords = {kw for rule in fitting for kw in rule.keywords}
+        trigger = re.compile(_trie_pattern(keywords)) if keywords else None
         pairs = tuple((kw, rule) for rule in fitting for kw in rule.keywords)
         return trigger, pairs
 
@@ -243,10 +248,8 @@ class RuleSet:
         size = len(text)
         if size < self.min_width:
             return []
-        trigger, pairs = next(
-            (bucket for limit, bucket in zip(self._BUCKETS, self._buckets) if size < limit),
-            self._largest,
-        )
+        by_length = self._by_length
+        trigger, pairs = by_length[size] if size < len(by_length) else self._largest
         if trigger is None:
             return []
         lowered = text.lower()
@@ -260,6 +263,14 @@ class RuleSet:
 
     def findings(self, text: str) -> list[Finding]:
         """Every secret in ``text``, merged where findings overlap, in order of position."""
+        # candidates() inlined up to the keyword search: most texts stop there.
+        size = len(text)
+        if size < self.min_width:
+            return []
+        by_length = self._by_length
+        trigger = (by_length[size] if size < len(by_length) else self._largest)[0]
+        if trigger is None or trigger.search(text.lower()) is None:
+            return []
         found = [f for rule in self.candidates(text) for f in rule.findings(text)]
         if len(found) < 2:
             return found
@@ -274,6 +285,28 @@ class RuleSet:
             else:
                 merged.append(finding)
         return merged
+
+
+def _trie_pattern(words: Iterable[str]) -> str:
+    """One regex matching any of ``words``, with shared prefixes factored out.
+
+    ``re`` tries the branches of a flat alternation one by one at every
+    position; as a trie, each position costs a few character tests.
+    """
+    trie: dict[str, Any] = {}
+    for word in words:
+        node = trie
+        for char in word:
+            node = node.setdefault(char, {})
+        node[""] = {}  # end of a word
+
+    def pattern(node: dict[str, Any]) -> str:
+        if "" in node:  # a shorter word ends here: the rest is optional
+            return ""
+        branches = [re.escape(char) + pattern(child) for char, child in sorted(node.items())]
+        return branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+
+    return pattern(trie)
 
 
 def _rule_from(entry: dict[str, Any], where: str) -> Rule:

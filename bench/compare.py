@@ -14,8 +14,10 @@ import argparse
 import gc
 import json
 import os
+import random
 import sqlite3
 import statistics
+import string
 import subprocess
 import sys
 import tempfile
@@ -32,6 +34,8 @@ import auditaspect
 from auditaspect import AuditRecord, PeeweeSink, audited
 from auditaspect.model import create_schema
 from auditaspect.redaction import Redactor
+from auditaspect.rules import default_rules
+from baseline_redaction import Redactor as BaselineRedactor
 
 DETAILS = {
     "plan_id": "plan-8f3a2c1d",
@@ -46,6 +50,14 @@ LARGE = {
         for i in range(500)
     ],
     "note": "x" * 20_000,
+}
+DETAILS10 = {
+    **DETAILS,
+    "ip": "203.0.113.7",
+    "reason": "scheduled rollout",
+    "request_id": "req-8f3a2c1d9e7b",
+    "duration_ms": 412,
+    "status": "applied",
 }
 PRAGMAS = (("journal_mode", "wal"), ("synchronous", "normal"))
 
@@ -220,12 +232,52 @@ def _percentiles(samples: list[int]) -> dict[str, float]:
     }
 
 
-def redaction_rate(details: dict[str, Any], n: int) -> float:
-    redactor = Redactor()
+def redaction_rate(details: dict[str, Any], n: int, redactor: Any = None) -> float:
+    redactor = redactor or Redactor()
     start = time.perf_counter()
     for _ in range(n):
         redactor.redact(details)
     return n / (time.perf_counter() - start)
+
+
+def fresh_details_rate(n: int, redactor: Any) -> float:
+    """10-key details whose strings are new on every call (no clean-string cache hits)."""
+    batches = [
+        {**DETAILS10, "reason": f"rollout {i} of plan {i * 7}", "request_id": f"req-{i:012x}"}
+        for i in range(n)
+    ]
+    start = time.perf_counter()
+    for details in batches:
+        redactor.redact(details)
+    return n / (time.perf_counter() - start)
+
+
+def keyword_dense_text(size: int = 1_000_000) -> str:
+    """Log-like text where secret keywords occur constantly, a few real secrets among them."""
+    rng = random.Random(5)
+    words = ["password", "token", "secret", "api_key", "Bearer", "key", "auth", "the", "config"]
+    parts: list[str] = []
+    while sum(map(len, parts)) < size:
+        word = rng.choice(words)
+        value = "".join(rng.choices(string.ascii_letters + string.digits, k=rng.randint(3, 24)))
+        parts.append(f"{word}: {value} " if rng.random() < 0.5 else f"{word} was {value}, ")
+        if rng.random() < 0.01:
+            parts.append("ghp_" + "".join(rng.choices(string.ascii_letters, k=36)) + " ")
+    return "".join(parts)[:size]
+
+
+def text_mb_per_s(text: str, scan: Callable[[str], object], repeat: int) -> float:
+    def once() -> float:
+        start = time.perf_counter()
+        scan(text)
+        return len(text) / 1e6 / (time.perf_counter() - start)
+
+    return max(once() for _ in range(repeat))
+
+
+def every_rule_scan(text: str) -> list[Any]:
+    """A straightforward port of a scanner's rule set: every rule's regex over the whole text."""
+    return [finding for rule in default_rules().rules for finding in rule.findings(text)]
 
 
 PG_INSERT = INSERT.replace("?", "%s").replace("json(%s)", "%s::jsonb")
@@ -326,6 +378,19 @@ def main(argv: list[str] | None = None) -> int:
             "naive peewee create": best(lambda: naive_peewee(tmp, n // 4), repeat),
             "redaction, typical": best(lambda: redaction_rate(DETAILS, n * 2), repeat),
             "redaction, large": best(lambda: redaction_rate(LARGE, 50), repeat),
+            "redaction, 10 keys": best(lambda: redaction_rate(DETAILS10, n * 2), repeat),
+            "0.1 redaction, 10 keys": best(
+                lambda: redaction_rate(DETAILS10, n * 2, BaselineRedactor()), repeat
+            ),
+            "redaction, 10 fresh keys": best(lambda: fresh_details_rate(n, Redactor()), repeat),
+            "0.1 redaction, 10 fresh keys": best(
+                lambda: fresh_details_rate(n, BaselineRedactor()), repeat
+            ),
+        }
+        dense = keyword_dense_text()
+        text_rates = {
+            "redact_text, 1 MB keyword-dense": text_mb_per_s(dense, Redactor().redact_text, repeat),
+            "every rule over the text (naive port)": text_mb_per_s(dense, every_rule_scan, repeat),
         }
         latency = buffered_latency(tmp, n * 2)
         floor = receiver_latency(n * 2)
@@ -337,6 +402,14 @@ def main(argv: list[str] | None = None) -> int:
         "no-receiver time / wrapt time (<= 1.5)": rates["wrapt pass-through"]
         / rates["@audited, no receiver"],
         "buffered p99 / no-op receiver p99": latency["p99_us"] / floor["p99_us"],
+        "redaction time / 0.1 redaction time, 10 keys (<= 1.3)": rates["0.1 redaction, 10 keys"]
+        / rates["redaction, 10 keys"],
+        "same, fresh strings (<= 1.3)": rates["0.1 redaction, 10 fresh keys"]
+        / rates["redaction, 10 fresh keys"],
+        "1 MB keyword-dense: speed / naive port (>= 2)": text_rates[
+            "redact_text, 1 MB keyword-dense"
+        ]
+        / text_rates["every rule over the text (naive port)"],
     }
     memory = None if args.skip_memory else memory_growth(args.memory_calls)
     postgres = None
@@ -355,9 +428,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<{width}}  {rate:>10,.0f}  {1e6 / rate:>8.2f}")
     for name, rate in (postgres or {}).items():
         print(f"{'PostgreSQL: ' + name:<{width}}  {rate:>10,.0f}  {1e6 / rate:>8.2f}")
+    for name, mb_s in text_rates.items():
+        print(f"{name:<{width}}  {mb_s:>10.2f} MB/s")
     print()
     for name, ratio in ratios.items():
-        print(f"{name:<44} {ratio:6.2f}")
+        print(f"{name:<54} {ratio:6.2f}")
     print(
         "buffered caller latency (µs): "
         + ", ".join(f"{k} {v:.1f}" for k, v in latency.items())
@@ -381,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
                     "python": sys.version.split()[0],
                     "events": n,
                     "rates": rates,
+                    "text_mb_per_s": text_rates,
                     "ratios": ratios,
                     "buffered_latency": latency,
                     "noop_receiver_latency": floor,

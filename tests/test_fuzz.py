@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from auditaspect import AuditEvent, PeeweeSink, audited, signals, verify
+from auditaspect import AuditEvent, PeeweeSink, audit_context, audited, signals, verify
+from secret_samples import SPECS, make
 
 SECRETS = {
     "password": "Fz-pass-7Qx",
@@ -107,3 +109,59 @@ def test_a_cyclic_huge_deep_payload_never_raises_into_the_caller(sink):
         deep = {"d": deep}
     operation({"cycle": cyclic, "huge": "y" * 5_000_000, "deep": deep}, False)
     assert 1 == sink.stats.written
+
+
+@audited("provider_probe", on_error="provider_probe_failed")
+def probe(payload: Any, message: str) -> None:
+    if message:
+        raise RuntimeError(message)
+
+
+placement = st.sampled_from(["value", "key", "sentence", "error_repr", "actor", "deep_list"])
+
+
+@settings(
+    max_examples=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(spec=st.sampled_from(SPECS), seed=st.integers(0, 2**32), where=placement)
+def test_planted_provider_secret_never_reaches_receivers_or_database_bytes(
+    tmp_path: Path, spec, seed, where
+):
+    """A generated secret of any rule, planted in details, keys, error text or the actor, never
+    reaches a receiver, the SQLite file or its WAL."""
+    sample, secret = make(spec[1], random.Random(seed))
+    payload: dict[str, Any] = {"note": "ok"}
+    message = ""
+    actor = "alice"
+    if where == "value":
+        payload["note"] = sample
+    elif where == "key":
+        payload[sample] = 1
+    elif where == "sentence":
+        payload["nested"] = {"text": f"deploy failed with {sample} at step 3"}
+    elif where == "error_repr":
+        message = f"invalid client config: {{'api_key': {sample!r}}}"
+    elif where == "actor":
+        actor = f"svc {sample}"
+    else:
+        payload["deep"] = [[{"a": [sample]}]]
+    seen: list[AuditEvent] = []
+    receiver = lambda sender, *, event: seen.append(event)  # noqa: E731
+    signals.audit_event.connect(receiver)
+    db = tmp_path / f"plant-{seed}.db"
+    try:
+        with PeeweeSink(f"sqlite:///{db}"), audit_context(actor=actor):
+            try:
+                probe(payload, message)
+            except RuntimeError:
+                assert message
+            blobs = [p.read_bytes() for p in tmp_path.glob(f"plant-{seed}.db*")]
+    finally:
+        signals.audit_event.disconnect(receiver)
+    [event] = seen
+    needle = secret.encode("utf-8")
+    assert needle not in json.dumps(event.to_dict(), ensure_ascii=False).encode("utf-8")
+    for blob in blobs:
+        assert needle not in blob
