@@ -157,7 +157,7 @@ class Redactor:
         extra_keys: Iterable[str] = (),
         extra_patterns: Iterable[str | re.Pattern[str]] = (),
         mask: str = DEFAULT_MASK,
-        finding_mask: str | None | _Default = _DEFAULT,
+        finding_mask: str | _Default | None = _DEFAULT,
         rules: RuleSet | None = None,
         max_details_bytes: int = DEFAULT_MAX_DETAILS_BYTES,
     ) -> None:

@@ -28,7 +28,7 @@ import math
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from importlib import resources
 from typing import Any
 
@@ -78,7 +78,9 @@ _PLACEHOLDER = re.compile(
 )
 # Values a keyword rule leaves alone: an absolute path (PWD=/srv/app) or a
 # dotted name in code (password = settings.DB_PASSWORD).
-_NOT_A_VALUE = re.compile(r"(?:/|~/|\./)[\w./-]{0,1024}|[A-Za-z_]\w{0,64}(?:\.[A-Za-z_]\w{0,64}){1,8}")
+_NOT_A_VALUE = re.compile(
+    r"(?:/|~/|\./)[\w./-]{0,1024}|[A-Za-z_]\w{0,40}(?:\.[A-Za-z_]\w{0,40}){1,8}"
+)
 # A keyword rule's name that describes the secret rather than holds it.
 _METADATA_NAME = re.compile(
     r"(?:type|count|expir\w*|ttl|url|uri|name|id|ids|length|len|prefix|hint|kind|at|path|file"
@@ -225,7 +227,7 @@ class RuleSet:
         buckets = [self._bucket(limit) for limit in self._BUCKETS]
         # The bucket of every short length, looked up by index on the hot path.
         self._by_length = [
-            next(b for limit, b in zip(self._BUCKETS, buckets) if size < limit)
+            next(b for limit, b in zip(self._BUCKETS, buckets, strict=True) if size < limit)
             for size in range(self._BUCKETS[-1])
         ]
         self._largest = self._bucket(sys.maxsize)
@@ -351,4 +353,3 @@ def default_rules() -> RuleSet:
         text = resources.files(__package__).joinpath(RULES_FILE).read_text(encoding="utf-8")
         _default = RuleSet(load_rules(text, where=RULES_FILE))
     return _default
-

@@ -44,7 +44,7 @@ SPECS: list[tuple[str, str]] = [
     ("jwt-base64", "ZXlK{b64:80}"),
     ("aws-access-key-id", "AKIA{b32:16}"),
     ("aws-secret-access-key", "aws_secret_access_key = «{b64:40}»"),
-    ("aws-bedrock-api-key", "ABSK{b64:120}"),
+    ("aws-bedrock", "ABSK{b64:120}"),
     ("gcp-api-key", "AIza{url:35}"),
     ("google-oauth-client-secret", "GOCSPX-{url:28}"),
     ("google-oauth-access-token", "ya29.{url:60}"),
@@ -93,7 +93,7 @@ SPECS: list[tuple[str, str]] = [
     ("github-refresh-token", "ghr_{an:36}"),
     ("gitlab-token", "glpat-{url:20}"),
     ("gitlab-runner-registration-token", "GR1348941{url:20}"),
-    ("gitlab-session-cookie", "_gitlab_session=«{hex:32}»"),
+    ("gitlab-session-cookie", "_gitlab_session={hex:32}"),
     ("bitbucket-app-password", "ATBB{an:32}"),
     ("atlassian-api-token", "ATATT3{url:186}"),
     ("circleci-token", "CCIPAT_{an:22}_{hex:40}"),
@@ -104,7 +104,7 @@ SPECS: list[tuple[str, str]] = [
     ("npm-access-token", "npm_{an:36}"),
     ("npm-auth-token", "//registry.npmjs.org/:_authToken=«{an:36}»"),
     ("pypi-upload-token", "pypi-AgEIcHlwaS5vcmc{url:70}"),
-    ("rubygems-api-token", "rubygems_{hex:48}"),
+    ("rubygem-api-key", "rubygems_{hex:48}"),
     ("clojars-api-token", "CLOJARS_{lo:60}"),
     ("docker-hub-token", "dckr_pat_{url:27}"),
     ("nuget-config-password", '<add key="ClearTextPassword" value="«{an:16}»" />'),
@@ -121,14 +121,18 @@ SPECS: list[tuple[str, str]] = [
     ("razorpay-key", "rzp_live_{an:14}"),
     ("coinbase-access-token", "coinbase_api_secret = «{url:64}»"),
     ("slack-token", "xoxb-{dig:12}-{dig:12}-{an:24}"),
-    ("slack-webhook-url", "https://hooks.slack.com/services/«T{up:8}/B{up:8}/{an:24}»"),
-    ("discord-webhook-url", "https://discord.com/api/webhooks/{dig:18}/«{url:68}»"),
+    ("slack-webhook-url", "https://hooks.slack.com/services/T{up:8}/B{up:8}/{an:24}"),
+    ("discord-webhook-url", "https://discord.com/api/webhooks/{dig:18}/{url:68}"),
     ("discord-bot-token", "discord: «M{an:10}1{an:12}.{url:6}.{url:27}»"),
     ("telegram-bot-token", "{dig:9}:A{url:34}"),
     (
         "microsoft-teams-webhook",
-        "https://acme.webhook.office.com/webhookb2/«" + UUID + "@" + UUID
-        + "/IncomingWebhook/{hex:32}/" + UUID + "»",
+        "https://acme.webhook.office.com/webhookb2/"
+        + UUID
+        + "@"
+        + UUID
+        + "/IncomingWebhook/{hex:32}/"
+        + UUID,
     ),
     ("twilio-api-key", "SK{hex:32}"),
     ("sendgrid-api-token", "SG.{url:22}.{url:43}"),
@@ -161,6 +165,7 @@ SPECS: list[tuple[str, str]] = [
     ("intra42-client-secret", "s-s4t2ud-{hex:64}"),
     ("dropbox-api-token", "sl.{url:140}"),
     ("facebook-access-token", "EAAC{an:150}"),
+    ("facebook-app-token", "{dig:16}|{url:27}"),
     ("twitter-bearer-token", "AAAAAAAAAAAAAAAAAAAAAA{an:80}"),
     ("launchdarkly-key", "api-" + UUID),
     ("url-password", "postgresql://app:«{an:16}»@db.internal:5432/app"),

@@ -476,7 +476,7 @@ GITHUB_TOKEN = "ghp_" + "Q7x" * 12
 
 
 def test_logging_filter_redacts_message_args_extras_and_tracebacks(tmp_path):
-    """RedactingFilter on a real file handler: no secret from any part of a record reaches the file."""
+    """RedactingFilter on a real file handler: no secret from any part of a record is written."""
     import logging
 
     from auditaspect.redaction import RedactingFilter

@@ -32,7 +32,7 @@ def test_at_least_eighty_provider_formats():
 
 @pytest.mark.parametrize(("rule_id", "template"), SPECS, ids=[rule for rule, _ in SPECS])
 def test_rule_catches_its_format(rule_id, template):
-    """Random bodies of each format are masked and labelled with the rule, bare and in a sentence."""
+    """Random bodies of each format are masked and labelled with the rule, bare and in text."""
     rng = random.Random(rule_id)
     for _ in range(5):
         sample, secret = make(template, rng)
@@ -77,6 +77,9 @@ def test_rule_catches_its_format(rule_id, template):
         "http://127.0.0.1:5432/",
         "team.refund35@acme.io",
         "task-42 is done; disk full",
+        'if token == "abcdef123":',
+        'if token != "abcdef123":',
+        "var t string = 'x'",
     ],
 )
 def test_look_alikes_and_placeholders_are_left_alone(text):
@@ -101,13 +104,26 @@ def test_look_alikes_and_placeholders_are_left_alone(text):
         ("postgres://u:p@ss/w@rd@host/db", "w@rd"),
         ("Authorization: Basic dXNlcjpwYXNzd29yZA==", "dXNlcjpwYXNzd29yZA"),
         ("Authorization: Token 9944b09199c62bcf9418ad846dd0e4bbdfc6ee4b", "9944b09199c6"),
-        ('Authorization: Digest username="bob", response="6629fae49393a05397450978507c4ef1"', "6629fae4"),
+        (
+            'Authorization: Digest username="bob", response="6629fae49393a05397450978507c4ef1"',
+            "6629fae4",
+        ),
         ("Cookie: session=abc123def; theme=dark", "abc123def"),
         ("Set-Cookie: sid=xyz123abc; HttpOnly", "xyz123abc"),
         ("X-Api-Key: 3f7a9c2e1b8d4f6a", "3f7a9c2e1b8d4f6a"),
         ("curl -u admin:s3cretpw https://x", "s3cretpw"),
         ("--password s3cretpw", "s3cretpw"),
         ("stripeSecretKey: 'abc123def456'", "abc123def456"),
+        ('var acmeToken string = "g89iqpevzs7wz9m4"', "g89iqpevzs7wz9m4"),
+        ('token: str = "abc123xyz"', "abc123xyz"),
+        ('acme_TOKEN :::= "g89iqpevzs7wz9m4"', "g89iqpevzs7wz9m4"),
+        ('System.setProperty("ACME_TOKEN", "g89iqpevzs7wz9m4")', "g89iqpevzs7wz9m4"),
+        ("ACMEToken = s9qtkwodvscvjuza4m49", "s9qtkwodvscvjuza4m49"),
+        ("creds = KzoLNQhq3YdAZJZxwL7zUd", "KzoLNQhq3YdAZJZxwL7zUd"),
+        ("fastly_token: r_q8v0pqou3uofbcd=qfa2=q", "r_q8v0pqou3uofbcd=qfa2=q"),
+        ("curl --user kevin:'pRf7vG2h1L8nQkW9' -iX PATCH", "pRf7vG2h1L8nQkW9"),
+        ('curl -u ":d2LkV78zLx!t" https://localhost:9200', "d2LkV78zLx!t"),
+        ("curl --cacert ca.crt -u elastic:P@ssw0rd$1 https://x", "P@ssw0rd$1"),
     ],
 )
 def test_secret_shapes_in_text_are_masked(text, secret):
@@ -127,9 +143,7 @@ def test_scheme_is_kept_and_credential_masked():
 def test_plain_mask_stays_available():
     """finding_mask=None writes the plain mask for findings too."""
     plain = Redactor(finding_mask=None)
-    assert "token ghp_… [REDACTED]" == plain.redact_text(
-        "token ghp_… " + "ghp_" + "a1B2" * 9
-    )
+    assert "token ghp_… [REDACTED]" == plain.redact_text("token ghp_… " + "ghp_" + "a1B2" * 9)
 
 
 def test_custom_finding_mask_and_bad_template():
@@ -259,7 +273,7 @@ def test_every_quantifier_is_bounded(rule):
 
 
 def test_multi_megabyte_hostile_inputs_finish():
-    """Keyword-dense, unterminated, repeated-prefix inputs of 4 MB each are redacted in bounded time.
+    """Keyword-dense, unterminated, repeated-prefix 4 MB inputs are redacted in bounded time.
 
     Run in a child so that a regex gone quadratic fails here (the bound is a
     hang guard many times the expected time, not a speed target).
