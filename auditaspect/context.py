@@ -14,13 +14,31 @@ import attrs
 __all__ = ["AuditContext", "audit_context", "current_context"]
 
 
+def as_text(value: object) -> str | None:
+    """``value`` as text for a column: ``None`` stays, anything else becomes ``str``.
+
+    Never raises: a user id, a ``uuid.UUID`` or an ``ipaddress`` object is
+    common here, and a value whose ``str()`` fails is named by its type.
+    """
+    if value is None or type(value) is str:
+        return value
+    try:
+        return str(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
+
+
 @attrs.frozen
 class AuditContext:
-    """The actor, client IP and correlation id in force (each may be ``None``)."""
+    """The actor, client IP and correlation id in force (each may be ``None``).
 
-    actor: str | None = None
-    ip: str | None = None
-    correlation_id: str | None = None
+    Values that are not strings (``42``, a ``UUID``, an ``IPv4Address``) are
+    stored as their text.
+    """
+
+    actor: str | None = attrs.field(default=None, converter=as_text)
+    ip: str | None = attrs.field(default=None, converter=as_text)
+    correlation_id: str | None = attrs.field(default=None, converter=as_text)
 
 
 _EMPTY = AuditContext()
@@ -44,7 +62,7 @@ class audit_context:
     __slots__ = ("_token", "_values")
 
     def __init__(
-        self, actor: str | None = None, ip: str | None = None, correlation_id: str | None = None
+        self, actor: object = None, ip: object = None, correlation_id: object = None
     ) -> None:
         self._values = (actor, ip, correlation_id)
         self._token: Token[AuditContext] | None = None

@@ -20,9 +20,19 @@ import attrs
 import wrapt
 
 from .binding import Binder
-from .context import current_context
-from .events import FAILURE, SUCCESS, AuditEvent, Call, Outcome, event_type_value
-from .redaction import get_redactor
+from .context import as_text, current_context
+from .events import (
+    COLUMN_LIMITS,
+    FAILURE,
+    SUCCESS,
+    AuditEvent,
+    Call,
+    Outcome,
+    dumps_details,
+    event_type_value,
+    fit_column,
+)
+from .redaction import TRUNCATED_KEY, Redactor, get_redactor
 from .signals import audit_event, has_receivers, send, signal_for
 
 __all__ = ["Extractor", "audited", "emit"]
@@ -38,9 +48,30 @@ MAX_ERROR_MESSAGE = 4096
 _COLUMN_KEYS = ("actor", "plan_id", "ip", "correlation_id")
 
 
-def _column(value: Any) -> str | None:
-    # Details are redacted and JSON-safe by now: only the type changes here.
-    return None if value is None else str(value)
+def _columns(
+    details: Mapping[str, Any], clean: Mapping[str, Any], redactor: Redactor
+) -> dict[str, str | None]:
+    """The column values taken from the detail keys, redacted and within their limits.
+
+    From the redacted details when they were kept whole; from the original
+    details when the size cap replaced them, so an oversized event still
+    names its actor.
+    """
+    source = details if TRUNCATED_KEY in clean else clean
+    columns: dict[str, str | None] = {}
+    for key in _COLUMN_KEYS:
+        value = source.get(key)
+        if value is not None:
+            text = as_text(value)
+            if source is details and text is not None:
+                text = redactor.redact_capped(text, COLUMN_LIMITS[key])
+            value = None if text is None else fit_column(text, COLUMN_LIMITS[key])
+        columns[key] = value
+    return columns
+
+
+def _fitted(value: str | None, key: str, redact_text: Callable[[str], str]) -> str | None:
+    return None if value is None else fit_column(redact_text(value), COLUMN_LIMITS[key])
 
 
 def describe_error(error: BaseException) -> str:
@@ -71,24 +102,23 @@ def build_event(
     redactor = get_redactor()
     clean = redactor.redact(details)
     text = redactor.redact_text
-    columns = {key: _column(clean.get(key)) for key in _COLUMN_KEYS}
+    columns = _columns(details, clean, redactor)
     event = AuditEvent(
         event_type=event_type,
         outcome=outcome,
-        actor=columns["actor"] or _redacted(ctx.actor, text),
+        actor=columns["actor"] or _fitted(ctx.actor, "actor", text),
         plan_id=columns["plan_id"],
-        ip=columns["ip"] or _redacted(ctx.ip, text),
-        correlation_id=columns["correlation_id"] or _redacted(ctx.correlation_id, text),
-        target=text(target),
+        ip=columns["ip"] or _fitted(ctx.ip, "ip", text),
+        correlation_id=columns["correlation_id"]
+        or _fitted(ctx.correlation_id, "correlation_id", text),
+        target=_fitted(target, "target", text) or "",
         details=clean,
         error=None if error is None else describe_error(error),
     )
     object.__setattr__(event, "_redacted_by", redactor)
+    # Serialised now: receivers get the dict, the sink stores this text.
+    object.__setattr__(event, "_details_json", dumps_details(clean))
     return event
-
-
-def _redacted(value: str | None, redact_text: Callable[[str], str]) -> str | None:
-    return None if value is None else redact_text(value)
 
 
 def emit(event_type: str, /, **details: Any) -> AuditEvent:
@@ -117,6 +147,7 @@ def _with_error(event: AuditEvent, text: str) -> AuditEvent:
     redactor = get_redactor()
     changed = attrs.evolve(event, error=redactor.redact_capped(text, MAX_ERROR_MESSAGE))
     object.__setattr__(changed, "_redacted_by", redactor)
+    object.__setattr__(changed, "_details_json", event._details_json)
     return changed
 
 
@@ -218,8 +249,14 @@ def audited(
     logged and isolated, except a strict sink's ``AuditWriteError``, which is
     raised to the caller.
 
-    A bad ``event_type`` or ``on_error`` (not a non-empty string) or an
-    ``extractor`` that is not callable is a ``TypeError`` here, at decoration.
+    A plain function that returns an awaitable (a coroutine, a future) is
+    audited when that awaitable completes: the caller gets a coroutine that
+    awaits it and then sends the success (or failure) event. Generator
+    functions are refused: their body runs only while they are iterated.
+
+    A bad ``event_type`` or ``on_error`` (not a non-empty string), an
+    ``extractor`` that is not callable, or a generator function is a
+    ``TypeError`` here, at decoration.
     """
     name = event_type_value(event_type)
     error_name = None if on_error is None else event_type_value(on_error)
@@ -233,6 +270,14 @@ def audited(
             raw = func
         else:
             raise TypeError(f"@audited can only decorate callables, not {type(func).__name__}")
+        if inspect.isgeneratorfunction(raw) or inspect.isasyncgenfunction(raw):
+            # Its body runs after the call returns, while the caller iterates:
+            # an event at return would claim success for work not yet done.
+            raise TypeError(
+                f"@audited cannot audit the generator function {raw.__qualname__}: its body "
+                "runs only while it is iterated. Audit the function that consumes it, or "
+                "call auditaspect.emit() when the work is done"
+            )
         audit = _Audit(raw, name, extractor, error_name, is_static=isinstance(func, staticmethod))
         if inspect.iscoroutinefunction(raw):
             return cast(F, _async_wrapper(audit)(func))
@@ -252,10 +297,32 @@ def _sync_wrapper(audit: _Audit) -> Any:
             audit.failed(wrapped, instance, args, kwargs, exc)
             raise
         if audit_event.receivers or audit.signal.receivers:  # else build nothing
+            if inspect.isawaitable(result):
+                # The work happens when the caller awaits: audit then.
+                return _audited_await(audit, wrapped, instance, args, kwargs, result)
             audit.succeeded(wrapped, instance, args, kwargs, result)
         return result
 
     return wrapper
+
+
+async def _audited_await(
+    audit: _Audit,
+    wrapped: Any,
+    instance: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    awaitable: Any,
+) -> Any:
+    """Await what a plain function returned, then send its event (success or failure)."""
+    try:
+        result = await awaitable
+    except Exception as exc:
+        audit.failed(wrapped, instance, args, kwargs, exc)
+        raise
+    if audit_event.receivers or audit.signal.receivers:
+        audit.succeeded(wrapped, instance, args, kwargs, result)
+    return result
 
 
 def _async_wrapper(audit: _Audit) -> Any:

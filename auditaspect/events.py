@@ -8,6 +8,7 @@ receiver cannot change what the next receiver (or the database) sees.
 from __future__ import annotations
 
 import enum
+import json
 import os
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -15,7 +16,59 @@ from typing import Any, Literal
 
 import attrs
 
-__all__ = ["FAILURE", "SUCCESS", "AuditEvent", "Call", "EventType", "Outcome", "event_type_value"]
+__all__ = [
+    "COLUMN_LIMITS",
+    "FAILURE",
+    "SUCCESS",
+    "AuditEvent",
+    "Call",
+    "EventType",
+    "Outcome",
+    "dumps_details",
+    "event_type_value",
+    "fit_column",
+]
+
+# The most UTF-8 bytes each text column stores. Indexed columns stay well
+# under PostgreSQL's btree entry limit (about 2,700 bytes), event_type within
+# its VARCHAR(128): a longer value is cut, with CUT_MARKER at the end, before
+# it is hashed and written, so no value can make the database refuse a row.
+COLUMN_LIMITS: dict[str, int] = {
+    "event_type": 128,
+    "actor": 1024,
+    "plan_id": 1024,
+    "ip": 256,
+    "correlation_id": 1024,
+    "target": 1024,
+    "error": 16384,
+}
+CUT_MARKER = "…[cut]"
+_MARKER_BYTES = len(CUT_MARKER.encode("utf-8"))
+
+
+def fit_column(value: str, limit: int) -> str:
+    """Return ``value``, or its start and :data:`CUT_MARKER` within ``limit`` UTF-8 bytes."""
+    if len(value) * 4 <= limit:  # fits whatever its characters
+        return value
+    data = value.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return value
+    return data[: limit - _MARKER_BYTES].decode("utf-8", "ignore") + CUT_MARKER
+
+
+# Built once: json.dumps() with options builds a new encoder on every call.
+_DETAILS_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False
+)
+
+
+def dumps_details(details: Any) -> str:
+    """Serialise details canonically: sorted keys, compact, UTF-8, no NaN.
+
+    The same text is stored (on SQLite) and hashed into the chain.
+    """
+    return _DETAILS_ENCODER.encode(details)
+
 
 Outcome = Literal["success", "failure"]
 SUCCESS: Outcome = "success"
@@ -125,6 +178,9 @@ class AuditEvent:
     # a sink using the same one need not redo it. Not an __init__ argument: a
     # hand-built or evolve()d event is always redacted again.
     _redacted_by: object = attrs.field(default=None, init=False, eq=False, repr=False)
+    # The details as serialised when the pipeline sent the event: what a sink
+    # stores, whatever a receiver later does to the ``details`` dict.
+    _details_json: str | None = attrs.field(default=None, init=False, eq=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the event as plain JSON-ready values (timestamp in ISO 8601)."""

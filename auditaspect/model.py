@@ -13,7 +13,6 @@ any ``UPDATE`` or ``DELETE`` on ``audit_log``, whoever issues it.
 
 from __future__ import annotations
 
-import json
 import zlib
 from datetime import datetime, timezone
 from typing import Any, NoReturn
@@ -22,6 +21,7 @@ import peewee
 from playhouse.migrate import SchemaMigrator, migrate
 
 from .errors import AppendOnlyError
+from .events import dumps_details
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -34,20 +34,6 @@ __all__ = [
 ]
 
 TABLE_NAME = "audit_log"
-
-
-# Built once: json.dumps() with options builds a new encoder on every call.
-_DETAILS_ENCODER = json.JSONEncoder(
-    ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False
-)
-
-
-def dumps_details(details: Any) -> str:
-    """Serialise details canonically: sorted keys, compact, UTF-8, no NaN.
-
-    The same text is stored (on SQLite) and hashed into the chain.
-    """
-    return _DETAILS_ENCODER.encode(details)
 
 
 class UTCDateTimeField(peewee.Field):

@@ -296,13 +296,21 @@ class Redactor:
         return redacted
 
     def _cap(self, redacted: dict[str, Any], estimate: int) -> dict[str, Any]:
+        limit = self.max_details_bytes
         text = json.dumps(redacted, ensure_ascii=False, separators=(",", ":"))
-        size = len(text.encode("utf-8"))
-        if size <= self.max_details_bytes:
+        size = _json_bytes(text)
+        if size <= limit:
             return redacted
-        preview = text[: self.max_details_bytes // 2]
         # Huge strings were cut before scanning: the estimate remembers their length.
-        return {TRUNCATED_KEY: True, "original_bytes": max(size, estimate), "preview": preview}
+        capped: dict[str, Any] = {TRUNCATED_KEY: True, "original_bytes": max(size, estimate)}
+        # The preview is escaped again when the capped details are stored:
+        # shrink it until the whole stays within the cap.
+        preview = text[: limit // 2]
+        while True:
+            capped["preview"] = preview
+            if _json_bytes(json.dumps(capped, ensure_ascii=False, separators=(",", ":"))) <= limit:
+                return capped
+            preview = preview[: len(preview) // 2]
 
 
 class _Walk:
@@ -345,7 +353,7 @@ class _Walk:
         # The hottest loop of an audited call: lookups hoisted, the common
         # cases (known key, already-clean short string) answered inline.
         key_cache, clean, walk, mask = self.key_cache, self.clean, self.value, self.mask
-        size = 0
+        size = 2  # the braces: empty dicts are not free
         for key, item in items:
             if type(key) is str and key in clean:
                 name = key
@@ -361,7 +369,7 @@ class _Walk:
             if secret and not isinstance(item, TokenPrefix):
                 out[name] = mask
             elif type(item) is str and item in clean:
-                size += len(item)
+                size += len(item) + 2
                 out[name] = item
             else:
                 out[name] = walk(item, depth)
@@ -374,6 +382,7 @@ class _Walk:
         self.active.add(marker)
         depth += 1
         out = [self.value(item, depth) for item in value]
+        self.size += 2 + len(out)  # brackets and commas: empty lists are not free
         self.active.discard(marker)
         return out
 
@@ -381,7 +390,7 @@ class _Walk:
         # Exact types first: they are nearly all of real details.
         kind = type(value)
         if kind is str:
-            self.size += len(value)
+            self.size += len(value) + 2  # the quotes: empty strings are not free
             if len(value) > self.longest:
                 value = value[: self.longest]
             return self.redact_text(value)
@@ -391,7 +400,7 @@ class _Walk:
         if kind is int:
             self.size += 8
             # Beyond 64 bits SQLite's json() turns an integer into a float.
-            return value if -_INT64 <= value < _INT64 else str(value)
+            return value if -_INT64 <= value < _INT64 else _int_text(value)
         if kind is float:
             self.size += 24
             if not math.isfinite(value):
@@ -435,6 +444,18 @@ class _Walk:
             self.size += 16
             return f"<{len(value)} bytes>"
         return self.value(_text_form(value), depth)
+
+
+def _json_bytes(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _int_text(value: int) -> str:
+    # Beyond sys.get_int_max_str_digits() (4,300 by default) str() raises.
+    try:
+        return str(value)
+    except ValueError:
+        return f"<integer of {value.bit_length()} bits>"
 
 
 def _unique_key(name: str, taken: Mapping[str, Any]) -> str:

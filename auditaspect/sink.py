@@ -49,14 +49,13 @@ import peewee
 
 from .database import close_database, open_database
 from .errors import AuditWriteError
-from .events import AuditEvent, event_type_value
+from .events import COLUMN_LIMITS, AuditEvent, dumps_details, event_type_value, fit_column
 from .integrity import CHAINED_FIELDS, GENESIS, canonical, link, resolve_key, row_payload
 from .model import (
     TABLE_NAME,
     AuditRecord,
     create_schema,
     drop_guards,
-    dumps_details,
     format_timestamp,
     install_guards,
     schema_lock,
@@ -117,14 +116,17 @@ class _Prepared:
             event.target,
             event.error,
         )
-        details = event.details
-        if event._redacted_by is not redactor:  # built by hand, or by another redactor
+        if event._redacted_by is redactor:
+            # The text serialised when the event was sent: a receiver that
+            # changed the details dict since cannot change the row.
+            details = event._details_json or dumps_details(event.details)
+        else:  # built by hand, or by another redactor
             text = redactor.redact_text
             scalars = tuple(v if i < 4 or v is None else text(v) for i, v in enumerate(scalars))
-            details = redactor.redact(details)
-        self.scalars: tuple[str | None, ...] = scalars
-        self.details = dumps_details(details)
-        self.payload = canonical(scalars, self.details)
+            details = dumps_details(redactor.redact(event.details))
+        self.scalars: tuple[str | None, ...] = _fit(scalars)
+        self.details = details
+        self.payload = canonical(self.scalars, details)
 
     def redacted_event(self) -> AuditEvent:
         """The event as it would be stored (what may go to the spill file)."""
@@ -139,6 +141,42 @@ class _Prepared:
             error=error,
             details=json.loads(self.details),
         )
+
+
+# Limits of the scalar columns, in _Prepared.scalars order (event_id,
+# timestamp and outcome are produced or validated by AuditEvent itself).
+_LIMITS = tuple(
+    COLUMN_LIMITS.get(name)
+    for name in (
+        "event_id",
+        "timestamp",
+        "event_type",
+        "outcome",
+        "actor",
+        "plan_id",
+        "ip",
+        "correlation_id",
+        "target",
+        "error",
+    )
+)
+
+
+_CHECKED = tuple((index, limit) for index, limit in enumerate(_LIMITS) if limit)
+
+
+def _fit(scalars: tuple[str | None, ...]) -> tuple[str | None, ...]:
+    """Cut over-long column values (with a marker) so the database cannot refuse them."""
+    for index, limit in _CHECKED:
+        value = scalars[index]
+        if value is not None and len(value) * 4 > limit:
+            break
+    else:
+        return scalars
+    return tuple(
+        v if v is None or lim is None else fit_column(v, lim)
+        for v, lim in zip(scalars, _LIMITS, strict=True)
+    )
 
 
 class _CompiledInsert:
@@ -483,6 +521,8 @@ class PeeweeSink:
             prepared = self._prepare(events)
             self._store(prepared)
         except Exception as exc:
+            if len(events) > 1 and not self.strict and self._isolate(events):
+                return
             self._failed(events, exc)
             return
         with self._stats_lock:
@@ -491,6 +531,31 @@ class PeeweeSink:
             self._retry_at = 0.0
             logger.info("audit database writable again")
         self._replay_if_spilled()
+
+    def _isolate(self, events: list[AuditEvent]) -> bool:
+        """After a batch failed: write its events one by one, spilling only those that fail.
+
+        One event the database refuses must not take the rest of its batch
+        with it. Returns False (nothing written) when the first two events
+        fail too: then the database itself is failing, and the caller spills
+        the batch whole rather than trying every event.
+        """
+        written = 0
+        refused: list[tuple[AuditEvent, Exception]] = []
+        for number, event in enumerate(events):
+            if number == 2 and not written:
+                return False
+            try:
+                self._store(self._prepare([event]))
+            except Exception as exc:
+                refused.append((event, exc))
+                continue
+            written += 1
+        with self._stats_lock:
+            self.stats.written += written
+        for event, error in refused:
+            self._failed([event], error, probe=False)
+        return True
 
     def _prepare(self, events: Sequence[AuditEvent]) -> list[_Prepared]:
         redactor = self._redactor or get_redactor()
@@ -556,7 +621,7 @@ class PeeweeSink:
                 stored += len(fresh)
         return stored
 
-    def _failed(self, events: Sequence[AuditEvent], exc: Exception) -> None:
+    def _failed(self, events: Sequence[AuditEvent], exc: Exception, *, probe: bool = True) -> None:
         with self._stats_lock:
             self.stats.failed += len(events)
         self._reset_connection()
@@ -565,7 +630,8 @@ class PeeweeSink:
             raise AuditWriteError(
                 f"audit write failed for {len(events)} event(s) ({ids}): {exc}"
             ) from exc
-        self._retry_at = time.monotonic() + PROBE_INTERVAL
+        if probe:  # the database is failing: spill without trying for a while
+            self._retry_at = time.monotonic() + PROBE_INTERVAL
         logger.error(
             "audit write failed for %d event(s) (%s), spilling to %s: %s",
             len(events),

@@ -13,12 +13,16 @@ from pathlib import Path
 
 from auditaspect import AuditRecord, PeeweeSink
 from auditaspect.redaction import Redactor
+from baseline_redaction import Redactor as BaselineRedactor
 from compare import (
     DETAILS,
+    DETAILS10,
     INSERT,
     LARGE,
     apply_plan,
     audited_apply,
+    every_rule_scan,
+    keyword_dense_text,
     raw_row,
     schema_connection,
     wrapped_apply,
@@ -101,3 +105,21 @@ def test_redaction_typical(benchmark):
 
 def test_redaction_large(benchmark):
     benchmark(Redactor().redact, LARGE)
+
+
+def test_redaction_ten_keys(benchmark):
+    benchmark(Redactor().redact, DETAILS10)
+
+
+def test_redaction_ten_keys_baseline_0_1(benchmark):
+    benchmark(BaselineRedactor().redact, DETAILS10)
+
+
+def test_redact_text_keyword_dense_1mb(benchmark):
+    text = keyword_dense_text()
+    benchmark.pedantic(Redactor().redact_text, args=(text,), rounds=3)
+
+
+def test_every_rule_scan_keyword_dense_1mb(benchmark):
+    text = keyword_dense_text()
+    benchmark.pedantic(every_rule_scan, args=(text,), rounds=3)
