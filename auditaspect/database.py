@@ -13,7 +13,14 @@ from urllib.parse import unquote, urlparse
 import peewee
 from playhouse import db_url
 
-__all__ = ["DEFAULT_URL", "ENV_URL", "close_database", "open_database", "resolve_url"]
+__all__ = [
+    "DEFAULT_URL",
+    "ENV_URL",
+    "close_database",
+    "database_origin",
+    "open_database",
+    "resolve_url",
+]
 
 ENV_URL = "AUDITASPECT_DATABASE_URL"
 DEFAULT_URL = "sqlite:///audit.db"
@@ -134,3 +141,23 @@ def close_database(database: peewee.Database) -> None:
         close_all()
     elif not database.is_closed():
         database.close()
+
+
+def database_origin(database: peewee.Database, table: str) -> str:
+    """A stable name for one table of one database, without credentials.
+
+    ``sqlite:/abs/path/audit.db#audit_log`` or
+    ``postgresql://host:port/dbname#audit_log``: what a spill record carries so
+    that it is replayed only into the database it was meant for.
+    """
+    name = database.database or ""
+    if isinstance(database, peewee.SqliteDatabase):
+        where = name if name == ":memory:" else os.path.realpath(name)
+        return f"sqlite:{where}#{table}"
+    params = getattr(database, "connect_params", {}) or {}
+    host = params.get("host") or "localhost"
+    port = params.get("port") or ""
+    kind = (
+        "postgresql" if isinstance(database, peewee.PostgresqlDatabase) else type(database).__name__
+    )
+    return f"{kind}://{host}:{port}/{name}#{table}"

@@ -32,6 +32,7 @@ second, so a locked database does not stall every call.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import operator
@@ -47,7 +48,7 @@ from typing import Any, Literal
 import attrs
 import peewee
 
-from .database import close_database, open_database
+from .database import close_database, database_origin, open_database
 from .errors import AuditWriteError
 from .events import COLUMN_LIMITS, AuditEvent, dumps_details, event_type_value, fit_column
 from .integrity import CHAINED_FIELDS, GENESIS, canonical, link, resolve_key, row_payload
@@ -86,14 +87,17 @@ class SinkStats:
     ``written`` went straight to the database; ``spilled`` went to the spill
     file instead; ``replayed`` moved from the spill file into the database;
     ``failed`` counts events whose database write failed (spilled, or raised
-    with ``strict=True``); ``lost`` counts events that could be neither
-    written nor spilled (each one is logged as critical).
+    with ``strict=True``); ``quarantined`` counts spilled events the database
+    refused for their content on replay, set aside in the quarantine file
+    (logged as errors); ``lost`` counts events that could be neither written
+    nor spilled (each one is logged as critical).
     """
 
     written: int = 0
     spilled: int = 0
     replayed: int = 0
     failed: int = 0
+    quarantined: int = 0
     lost: int = 0
 
 
@@ -314,7 +318,10 @@ class PeeweeSink:
         self.strict = strict
         self.stats = SinkStats()
         self._redactor = redactor
-        self.spill = SpillFile(spill_path or _default_spill_path(self.database))
+        origin = database_origin(self.database, TABLE_NAME)
+        self.spill = SpillFile(
+            spill_path or _default_spill_path(self.database, origin), origin=origin
+        )
         self._insert: _CompiledInsert | None = None
         self._writer: BatchWriter | None = None
         self._writer_options = {
@@ -330,6 +337,7 @@ class PeeweeSink:
         self._stats_lock = threading.Lock()
         self._retry_at = 0.0  # while monotonic() < this, spill without trying
         self._spilled = False  # this sink spilled since its last replay
+        self._replayer: threading.Thread | None = None
 
     def __repr__(self) -> str:
         return (
@@ -399,17 +407,28 @@ class PeeweeSink:
     def flush(self, timeout: float | None = None) -> bool:
         """Block until every event received so far is committed (or spilled).
 
-        A no-op in sync mode. Returns ``False`` if ``timeout`` passed first.
+        Also waits for a replay of spilled events that is under way. Returns
+        ``False`` if ``timeout`` passed first.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
         writer = self._writer
-        return True if writer is None else writer.flush(timeout)
+        if writer is not None and not writer.flush(timeout):
+            return False
+        replayer = self._replayer
+        if replayer is not None:
+            replayer.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            return not replayer.is_alive()
+        return True
 
     def replay(self) -> int:
         """Move spilled events into the database now; return how many were written.
 
         Events the database already has (same ``event_id``) are skipped, so a
-        replay never writes an event twice. Raises the database error if the
-        database is still unwritable (the spill file is then left as it was).
+        replay never writes an event twice; events the database refuses for
+        their content are set aside in the quarantine file, not retried for
+        ever. The file is read a batch at a time: memory does not grow with
+        the backlog. Raises the database error if the database is still
+        unwritable (what was not written stays spilled).
         """
         if self._insert is None:
             raise RuntimeError("PeeweeSink is not connected; call .connect() or use it in 'with'")
@@ -482,6 +501,7 @@ class PeeweeSink:
         self.database.dispose()
         self._lock = threading.Lock()
         self._stats_lock = threading.Lock()
+        self._replayer = None
         self.spill.after_fork()
 
     # -- receiving -----------------------------------------------------------
@@ -617,8 +637,38 @@ class PeeweeSink:
             }
             fresh = [e for e in chunk if e.event_id not in present]
             if fresh:
-                self._store(self._prepare(fresh))
-                stored += len(fresh)
+                stored += self._store_or_quarantine(fresh)
+        return stored
+
+    def _store_or_quarantine(self, events: list[AuditEvent]) -> int:
+        """Store replayed events; set aside those the database refuses while it takes others."""
+        try:
+            self._store(self._prepare(events))
+            return len(events)
+        except Exception:
+            if len(events) == 1:
+                raise
+        stored = 0
+        refused: list[tuple[AuditEvent, Exception]] = []
+        for event in events:
+            try:
+                self._store(self._prepare([event]))
+            except Exception as exc:
+                refused.append((event, exc))
+                continue
+            stored += 1
+        if not stored:  # nothing goes in: the database is failing, not the events
+            raise refused[0][1]
+        for event, error in refused:
+            self.spill.quarantine([event], f"refused: {error}")
+            logger.error(
+                "audit event %s refused by the database on replay (%s); set aside in %s",
+                event.event_id,
+                error,
+                self.spill.quarantine_path,
+            )
+        with self._stats_lock:
+            self.stats.quarantined += len(refused)
         return stored
 
     def _failed(self, events: Sequence[AuditEvent], exc: Exception, *, probe: bool = True) -> None:
@@ -685,21 +735,51 @@ class PeeweeSink:
             self.stats.spilled += len(events)
 
     def _replay_if_spilled(self, *, force: bool = False) -> None:
+        """Replay spilled events: on a background thread, or now when ``force`` (closing)."""
         if not self._spilled or (not force and time.monotonic() < self._retry_at):
             return
+        if force or self.database.database == ":memory:":  # a thread would see another DB
+            replayer = self._replayer
+            if replayer is not None:
+                replayer.join()
+            self._replay_logged()
+            return
+        with self._stats_lock:
+            if self._replayer is not None and self._replayer.is_alive():
+                return
+            # A backlog of any size must not hold up the call that found the
+            # database writable again.
+            self._replayer = threading.Thread(
+                target=self._replay_in_background, name="auditaspect-replay", daemon=True
+            )
+            self._replayer.start()
+
+    def _replay_in_background(self) -> None:
+        try:
+            self._replay_logged()
+        finally:
+            self._close_thread_connection()
+
+    def _replay_logged(self) -> None:
         try:
             self.replay()
         except Exception as exc:
             self._retry_at = time.monotonic() + PROBE_INTERVAL
+            self._spilled = True
             logger.warning("spilled audit events stay in %s for now: %s", self.spill.path, exc)
 
 
-def _default_spill_path(database: peewee.Database) -> str:
-    """Next to a SQLite file; in the working directory for anything else."""
+def _default_spill_path(database: peewee.Database, origin: str) -> str:
+    """Next to a SQLite file; else in the working directory, named after the database.
+
+    One file per database (and table): two sinks on different databases never
+    share a default spill file.
+    """
     name = database.database
     if isinstance(database, peewee.SqliteDatabase) and name and name != ":memory:":
         return f"{name}.spill.jsonl"
-    return "auditaspect.spill.jsonl"
+    digest = hashlib.sha256(origin.encode("utf-8")).hexdigest()[:16]
+    return f"auditaspect-{digest}.spill.jsonl"
 
 
 class _ForkRegistry:

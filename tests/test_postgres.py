@@ -191,3 +191,21 @@ def test_sync_writes_from_many_short_threads_return_pooled_connections(pg_url):
         assert 100 == sink.stats.written
         assert 0 == sink.stats.failed
     assert 100 == verify(pg_url).rows_checked
+
+
+@pytest.mark.postgres
+def test_replay_sets_aside_an_event_the_database_refuses(pg_url, tmp_path):
+    """PostgreSQL refuses one spilled event for its content: the others replay, it is
+    quarantined and counted, and nothing stays stuck behind it."""
+    from auditaspect import AuditEvent
+
+    with PeeweeSink(pg_url, spill_path=tmp_path / "pg.spill") as sink:
+        good = [AuditEvent(event_type="ok", details={"i": i}) for i in range(5)]
+        bad = AuditEvent(event_type="bad", event_id="e" * 100)  # over VARCHAR(64)
+        sink.spill.append([good[0], bad, *good[1:]])
+        assert 5 == sink.replay()
+        assert 1 == sink.stats.quarantined
+        assert not sink.spill.pending()
+        with open(sink.spill.quarantine_path, encoding="utf-8") as handle:
+            assert "e" * 100 in handle.read()
+    assert verify(pg_url).ok
