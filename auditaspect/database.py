@@ -58,6 +58,8 @@ def _create_private(path: str) -> None:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
         return
+    except OSError:  # a read-only disk or directory: connecting will say so
+        return
     os.close(fd)
 
 
@@ -65,6 +67,9 @@ def _create_private(path: str) -> None:
 # connection while it writes; connections idle for 5 minutes are recycled.
 POOL_MAX_CONNECTIONS = 32
 POOL_STALE_TIMEOUT = 300
+# A thread that finds every connection in use waits this long for one (then
+# the write fails and spills) instead of failing at once.
+POOL_WAIT_TIMEOUT = 5.0
 
 
 def _open_postgres(url: str) -> peewee.Database:
@@ -78,7 +83,11 @@ def _open_postgres(url: str) -> peewee.Database:
         url = url.replace(f"{scheme}://", "postgresql+pool://", 1)
     options: dict[str, Any] = {"prefer_psycopg3": True}
     if "+pool" in urlparse(url).scheme:
-        options.update(max_connections=POOL_MAX_CONNECTIONS, stale_timeout=POOL_STALE_TIMEOUT)
+        options.update(
+            max_connections=POOL_MAX_CONNECTIONS,
+            stale_timeout=POOL_STALE_TIMEOUT,
+            timeout=POOL_WAIT_TIMEOUT,
+        )
     database: peewee.Database = db_url.connect(url, **options)
     return database
 

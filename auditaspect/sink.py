@@ -31,6 +31,7 @@ second, so a locked database does not stall every call.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -41,7 +42,7 @@ import threading
 import time
 import weakref
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Literal
 
@@ -49,7 +50,7 @@ import attrs
 import peewee
 
 from .database import close_database, database_origin, open_database
-from .errors import AuditWriteError
+from .errors import AuditError, AuditWriteError
 from .events import COLUMN_LIMITS, AuditEvent, dumps_details, event_type_value, fit_column
 from .integrity import CHAINED_FIELDS, GENESIS, canonical, link, resolve_key, row_payload
 from .model import (
@@ -78,6 +79,8 @@ _HEAD_SQL = f"SELECT hash FROM {TABLE_NAME} ORDER BY id DESC LIMIT 1"
 # One advisory lock id for audit_log appends on PostgreSQL (stable across hosts).
 ADVISORY_LOCK_ID = zlib.crc32(b"auditaspect:audit_log")
 PROBE_INTERVAL = 1.0
+# The longest an append waits for PostgreSQL's append lock: SQLite's busy timeout.
+LOCK_TIMEOUT = "5s"
 
 
 @attrs.define
@@ -89,8 +92,11 @@ class SinkStats:
     ``failed`` counts events whose database write failed (spilled, or raised
     with ``strict=True``); ``quarantined`` counts spilled events the database
     refused for their content on replay, set aside in the quarantine file
-    (logged as errors); ``lost`` counts events that could be neither written
-    nor spilled (each one is logged as critical).
+    (logged as errors); ``late`` counts events a buffered sink received after
+    its writer stopped at interpreter exit, written synchronously instead
+    (and counted in ``written`` or ``spilled`` too); ``lost`` counts events
+    that could be neither written nor spilled (each one is logged as
+    critical).
     """
 
     written: int = 0
@@ -98,6 +104,7 @@ class SinkStats:
     replayed: int = 0
     failed: int = 0
     quarantined: int = 0
+    late: int = 0
     lost: int = 0
 
 
@@ -338,6 +345,15 @@ class PeeweeSink:
         self._retry_at = 0.0  # while monotonic() < this, spill without trying
         self._spilled = False  # this sink spilled since its last replay
         self._replayer: threading.Thread | None = None
+        # The schema could not be created at connect (read-only disk, server
+        # down): events spill, and each probe tries again.
+        self._schema_pending = False
+        # A SQLite file's identity, to notice it deleted or replaced under us;
+        # each thread remembers which opening of the file its connection is.
+        self._file = _sqlite_file(self.database)
+        self._file_id: tuple[int, int] | None = None
+        self._generation = 0
+        self._local = threading.local()
 
     def __repr__(self) -> str:
         return (
@@ -360,13 +376,10 @@ class PeeweeSink:
             if self.mode == "buffered" and self.database.database == ":memory:":
                 raise ValueError("buffered mode needs a database file: ':memory:' is per thread")
             try:
-                if create_schema(self.database) == 1:
-                    self._chain_old_rows()
                 self._insert = _CompiledInsert(self.database)
-            except Exception:
-                if self._owns_database:
-                    close_database(self.database)
-                raise
+                self._create_schema()
+            except Exception as exc:
+                self._start_spilling(exc)
             AuditRecord.bind(self.database, bind_refs=False, bind_backrefs=False)
             if self.mode == "buffered":
                 self._writer = BatchWriter(
@@ -491,14 +504,63 @@ class PeeweeSink:
             install_guards(db)
         logger.info("chained %d audit rows written before schema version 2", sealed)
 
+    def _create_schema(self) -> None:
+        if create_schema(self.database) == 1:
+            self._chain_old_rows()
+        self._file_id = _file_identity(self._file)
+        self._schema_pending = False
+
+    def _start_spilling(self, exc: Exception) -> None:
+        """The database cannot be set up now: run on the spill file if it can be written.
+
+        Raises :class:`~auditaspect.AuditError`, one line naming both, when
+        neither the database nor the spill file works (the database is then
+        closed if the sink opened it).
+        """
+        try:
+            self.spill.probe()
+        except OSError as spill_exc:
+            if self._owns_database:
+                close_database(self.database)
+            reason = spill_exc.strerror or str(spill_exc)
+            raise AuditError(
+                f"cannot open the audit database {self.spill.origin} ({_first_line(exc)}) "
+                f"and cannot write the spill file {self.spill.path} ({reason}): "
+                "give the sink a writable database or spill_path"
+            ) from exc
+        if self._insert is None:
+            raise exc
+        self._schema_pending = True
+        self._retry_at = time.monotonic() + PROBE_INTERVAL
+        logger.error(
+            "audit database %s is unavailable (%s); events spill to %s until it works",
+            self.spill.origin,
+            _first_line(exc),
+            self.spill.path,
+        )
+        self._reset_connection()
+
     def _close_thread_connection(self) -> None:
         # peewee keeps one connection per thread: the writer closes its own.
         if not self.database.is_closed():
             self.database.close()
 
     def _after_fork_in_child(self) -> None:  # pragma: no cover - forked child (test_buffered)
-        # The inherited connection belongs to the parent: forget it unclosed.
-        self.database.dispose()
+        # The inherited connections belong to the parent: forget them, but
+        # keep them referenced, since a driver that closes a connection when
+        # it is collected would end the parent's session over the shared
+        # socket. peewee's and the pool's locks may have been held by a
+        # parent thread at the fork: replace them.
+        db: Any = self.database
+        _inherited.append(getattr(db._state, "conn", None))
+        if isinstance(db._lock, type(threading.Lock())):
+            db._lock = threading.Lock()
+        if hasattr(db, "_pool_lock"):
+            _inherited.append((db._connections, db._in_use))
+            db._pool_lock = threading.RLock()
+            db._pool_available = threading.Condition(db._pool_lock)
+            db._connections, db._in_use = [], {}
+        db.dispose()
         self._lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self._replayer = None
@@ -524,6 +586,12 @@ class PeeweeSink:
         writer = self._writer
         if writer is None:
             self._deliver([event])
+        elif writer.closed:
+            # Past the exit-time flush (a daemon thread still serving, an
+            # atexit hook that ran after ours): write it now, never drop it.
+            with self._stats_lock:
+                self.stats.late += 1
+            self._deliver([event])
         elif self.database.in_transaction():
             # Queue it only if the caller's transaction commits.
             self.database.after_commit(functools.partial(writer.put, event))
@@ -541,7 +609,12 @@ class PeeweeSink:
             prepared = self._prepare(events)
             self._store(prepared)
         except Exception as exc:
-            if len(events) > 1 and not self.strict and self._isolate(events):
+            if (
+                len(events) > 1
+                and not self.strict
+                and _refused_for_content(exc)
+                and self._isolate(events)
+            ):
                 return
             self._failed(events, exc)
             return
@@ -590,11 +663,16 @@ class PeeweeSink:
         # A pooled connection this write had to open goes back to the pool
         # afterwards: threads that come and go must not drain the pool.
         give_back = self._pooled and db.is_closed()
-        try:
-            self._append(db, insert, rows, key)
-        finally:
-            if give_back and not db.in_transaction() and not db.is_closed():
-                db.close()
+        with _at_fork.active():
+            if self._schema_pending:
+                self._create_schema()
+            if self._file is not None:
+                self._check_file(db)
+            try:
+                self._append(db, insert, rows, key)
+            finally:
+                if give_back and not db.in_transaction() and not db.is_closed():
+                    db.close()
 
     def _append(
         self,
@@ -603,14 +681,13 @@ class PeeweeSink:
         rows: Sequence[_Prepared],
         key: bytes | None,
     ) -> None:
-        if db.in_transaction() or self._postgres:
-            context = db.atomic()
-        else:
-            context = db.atomic(lock_type="IMMEDIATE")
-        with context:
+        joined = db.in_transaction()
+        # Inside the caller's transaction: a savepoint; else SQLite's write lock up front.
+        plain = joined or self._postgres
+        with db.atomic() if plain else db.atomic(lock_type="IMMEDIATE"):
             cursor = db.cursor()  # type: ignore[no-untyped-call]
             if self._postgres:
-                cursor.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_ID,))
+                _lock_append(cursor, joined=joined)
             cursor.execute(_HEAD_SQL)
             head = cursor.fetchone()
             prev = head[0] if head and head[0] else GENESIS
@@ -620,6 +697,34 @@ class PeeweeSink:
                 params.append(insert.params(row, prev, current))
                 prev = current
             insert.execute(cursor, params)
+
+    def _check_file(self, db: peewee.Database) -> None:
+        """Notice a SQLite file deleted or replaced while in use, and write to the new one.
+
+        Writes into an unlinked file would be counted as written and vanish
+        with it. The first writer to see the path changed logs it as critical
+        and creates the schema in a new file; every thread's connection to
+        the old file is closed before its next write.
+        """
+        local = self._local
+        stale = getattr(local, "generation", self._generation) != self._generation
+        if stale and not db.in_transaction() and not db.is_closed():
+            db.close()
+        if _file_identity(self._file) != self._file_id:
+            with self._lock:
+                if _file_identity(self._file) != self._file_id:
+                    logger.critical(
+                        "audit database file %s was deleted or replaced while in use; "
+                        "writing to a new file at that path (rows written before are not in it)",
+                        self._file,
+                    )
+                    if db.in_transaction():
+                        raise AuditError(f"audit database file {self._file} was replaced")
+                    if not db.is_closed():
+                        db.close()
+                    self._create_schema()
+                    self._generation += 1
+        local.generation = self._generation
 
     def _store_new(self, events: list[AuditEvent]) -> int:
         """Store the events the database does not have yet; return how many."""
@@ -645,8 +750,8 @@ class PeeweeSink:
         try:
             self._store(self._prepare(events))
             return len(events)
-        except Exception:
-            if len(events) == 1:
+        except Exception as exc:
+            if len(events) == 1 or not _refused_for_content(exc):
                 raise
         stored = 0
         refused: list[tuple[AuditEvent, Exception]] = []
@@ -769,6 +874,61 @@ class PeeweeSink:
             logger.warning("spilled audit events stay in %s for now: %s", self.spill.path, exc)
 
 
+def _lock_append(cursor: Any, *, joined: bool) -> None:
+    """Take PostgreSQL's append lock, waiting at most LOCK_TIMEOUT (then the write spills).
+
+    Without a bound, a sync write inside a long application transaction
+    holds the lock and every other process's audited call waits for it.
+    Inside the caller's transaction the caller's own lock_timeout comes back
+    afterwards.
+    """
+    previous = None
+    if joined:
+        cursor.execute("SELECT current_setting('lock_timeout')")
+        previous = cursor.fetchone()[0]
+    cursor.execute(
+        "SELECT set_config('lock_timeout', %s, true), pg_advisory_xact_lock(%s)",
+        (LOCK_TIMEOUT, ADVISORY_LOCK_ID),
+    )
+    if previous is not None:
+        cursor.execute("SELECT set_config('lock_timeout', %s, true)", (previous,))
+
+
+def _sqlite_file(database: peewee.Database) -> str | None:
+    name = database.database
+    if not isinstance(database, peewee.SqliteDatabase) or not name or name == ":memory:":
+        return None
+    if name.startswith("file:"):
+        return None
+    return os.path.abspath(str(name))
+
+
+def _file_identity(path: str | None) -> tuple[int, int] | None:
+    if path is None:
+        return None
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _refused_for_content(exc: BaseException) -> bool:
+    """Whether the database refused rows for what they hold (not for being down or busy).
+
+    Only then is a batch worth retrying event by event.
+    """
+    if isinstance(exc, (peewee.IntegrityError, peewee.DataError, peewee.ProgrammingError)):
+        return True
+    text = str(exc).lower()
+    return "index row" in text or "too long" in text or "exceeds" in text
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 def _default_spill_path(database: peewee.Database, origin: str) -> str:
     """Next to a SQLite file; else in the working directory, named after the database.
 
@@ -783,12 +943,32 @@ def _default_spill_path(database: peewee.Database, origin: str) -> str:
 
 
 class _ForkRegistry:
-    """Sinks to reset in a forked child (one at-fork hook for all of them)."""
+    """Fork safety for every sink: one set of at-fork hooks for all of them.
+
+    ``fork()`` copies only the calling thread. A thread that was inside
+    SQLite or the driver at that moment leaves their internal locks held in
+    the child for ever, and the child's first ``connect()`` hangs. So every
+    database call of a sink runs inside :meth:`active`, and before a fork the
+    forking thread waits (a bounded time) until no such call is under way and
+    holds new ones back until the fork is done. In the child, each sink
+    forgets the parent's connection and locks.
+    """
+
+    # A database call can wait up to SQLite's 5 s busy timeout: wait a little
+    # longer than that for it, then fork anyway rather than hang the parent.
+    FORK_WAIT = 6.0
 
     def __init__(self) -> None:
         self._sinks: weakref.WeakSet[PeeweeSink] = weakref.WeakSet()
+        self._gate = threading.Condition()
+        self._active = 0
+        self._forking = False
         if hasattr(os, "register_at_fork"):  # pragma: no branch - not on Windows
-            os.register_at_fork(after_in_child=self._after_fork_in_child)
+            os.register_at_fork(
+                before=self._before_fork,
+                after_in_parent=self._after_fork_in_parent,
+                after_in_child=self._after_fork_in_child,
+            )
 
     def add(self, sink: PeeweeSink) -> None:
         self._sinks.add(sink)
@@ -796,9 +976,49 @@ class _ForkRegistry:
     def discard(self, sink: PeeweeSink) -> None:
         self._sinks.discard(sink)
 
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """Mark a database call under way (waits while a fork is being made)."""
+        gate = self._gate
+        with gate:
+            while self._forking:
+                gate.wait()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with gate:
+                self._active -= 1
+                if not self._active:
+                    gate.notify_all()
+
+    def _before_fork(self) -> None:
+        if not self._sinks:
+            return
+        gate = self._gate
+        gate.acquire()
+        self._forking = True
+        deadline = time.monotonic() + self.FORK_WAIT
+        while self._active and (left := deadline - time.monotonic()) > 0:
+            gate.wait(left)
+        # Held through the fork: no thread starts a database call meanwhile.
+
+    def _after_fork_in_parent(self) -> None:
+        if not self._forking:
+            return
+        self._forking = False
+        self._gate.notify_all()
+        self._gate.release()
+
     def _after_fork_in_child(self) -> None:  # pragma: no cover - forked child
+        # Fresh, unheld: the parent's gate (and its waiters) are not ours.
+        self._gate = threading.Condition()
+        self._active = 0
+        self._forking = False
         for sink in list(self._sinks):
             sink._after_fork_in_child()
 
 
 _at_fork = _ForkRegistry()
+# Connections a forked child inherited, kept from the garbage collector.
+_inherited: list[Any] = []

@@ -148,6 +148,10 @@ class SpillFile:
                 view = view[written:]
             os.fsync(fd)
 
+    def probe(self) -> None:
+        """Make sure the spill file can be written (creating it, 0600); raise ``OSError`` if not."""
+        os.close(_open_private(self.path))
+
     def quarantine(self, events: Sequence[AuditEvent], reason: str) -> None:
         """Set events aside that the database refuses for their content (never replayed)."""
         self._append(self.quarantine_path, b"".join(encode_record(e, reason) for e in events))

@@ -6,9 +6,11 @@ interval has passed since its first event. A full queue makes callers wait
 (back-pressure) instead of dropping events: a caller that outran the writer
 would otherwise starve it and grow the loss window without bound.
 
-Shutdown: :func:`atexit` closes every live writer (flushing it); a SIGTERM
-handler (installed only over the default action, chaining any earlier Python
-handler) raises ``SystemExit`` so the atexit flush runs. Flushing inside the
+Shutdown: :func:`atexit` closes every live writer (flushing it), and so does a
+``multiprocessing`` finalizer in a child process (which leaves through
+``os._exit``, skipping atexit); a SIGTERM handler (installed only over the
+default action, chaining any earlier Python handler) raises ``SystemExit`` so
+the atexit flush runs. Flushing inside the
 signal handler could deadlock on a lock the interrupted thread holds.
 
 After ``os.fork()`` the child gets an empty queue and a fresh thread, started
@@ -159,8 +161,17 @@ class BatchWriter:
         self._pid = os.getpid()
         _live.add(self)
 
+    @property
+    def closed(self) -> bool:
+        """Whether the writer has stopped (closed, or flushed at interpreter exit)."""
+        return self._closed
+
     def put(self, event: AuditEvent) -> None:
-        """Enqueue one event; wait while the buffer is full. Never drops it."""
+        """Enqueue one event; wait while the buffer is full. Never drops it.
+
+        Raises ``RuntimeError`` once the writer is closed: its owner must
+        then write the event itself.
+        """
         if self._closed:
             raise RuntimeError("the audit writer is closed; connect the sink again")
         if self._thread is None or self._pid != os.getpid():
@@ -188,15 +199,18 @@ class BatchWriter:
             thread.join(timeout)
         _live.discard(self)
 
+    def _after_fork_in_child(self) -> None:  # pragma: no cover - forked child
+        # The parent's buffer, thread and locks (any of which a parent thread
+        # may have held at the fork) are not ours: start empty.
+        self._buffer = _Buffer(self.queue_size)
+        self._thread = None
+        self._start_lock = threading.Lock()
+        self._pid = os.getpid()
+
     def _start(self) -> None:
         with self._start_lock:
-            if self._pid != os.getpid():  # pragma: no cover - forked child (test_buffered)
-                # The parent's buffer (and any lock a parent thread held) is not ours.
-                self._buffer = _Buffer(self.queue_size)
-                self._thread = None
-                self._start_lock = threading.Lock()
-                self._pid = os.getpid()
             if self._thread is None:
+                _flush_at_child_exit()
                 thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 thread.start()
                 self._thread = thread
@@ -244,6 +258,39 @@ def _close_all() -> None:
 
 
 atexit.register(_close_all)
+
+
+def _reset_after_fork() -> None:  # pragma: no cover - forked child
+    global _sigterm_lock
+    _sigterm_lock = threading.Lock()
+    for writer in list(_live):
+        writer._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - not on Windows
+    os.register_at_fork(after_in_child=_reset_after_fork)
+_finalizer_pid = 0
+
+
+def _flush_at_child_exit() -> None:
+    """In a ``multiprocessing`` child, flush the writers when it exits.
+
+    Such a child leaves through ``os._exit()``: atexit never runs there, but
+    multiprocessing's own finalizers do (``Process`` and ``Pool`` workers,
+    fork and spawn alike).
+    """
+    global _finalizer_pid
+    if _finalizer_pid == os.getpid():
+        return
+    import multiprocessing
+
+    if multiprocessing.parent_process() is None:
+        return
+    from multiprocessing import util
+
+    util.Finalize(None, _close_all, exitpriority=100)
+    _finalizer_pid = os.getpid()
+
 
 _sigterm_lock = threading.Lock()
 _sigterm_installed = False

@@ -15,6 +15,7 @@ import peewee
 import pytest
 
 from auditaspect import (
+    AuditEvent,
     AuditRecord,
     EventType,
     PeeweeSink,
@@ -208,4 +209,61 @@ def test_replay_sets_aside_an_event_the_database_refuses(pg_url, tmp_path):
         assert not sink.spill.pending()
         with open(sink.spill.quarantine_path, encoding="utf-8") as handle:
             assert "e" * 100 in handle.read()
+    assert verify(pg_url).ok
+
+
+@pytest.mark.postgres
+def test_a_long_transaction_holding_the_append_lock_does_not_stall_other_writers(pg_url):
+    """A sync write inside a long application transaction holds the append lock; another
+    writer waits a bounded time, then spills, while the holder still holds it."""
+    holder_db = open_database(pg_url)[0]
+    holder = PeeweeSink(holder_db).connect()
+    other = PeeweeSink(pg_url, spill_path=None).connect()
+    release = threading.Event()
+    holding = threading.Event()
+
+    def hold() -> None:
+        with holder_db.atomic():
+            holder.write(AuditEvent(event_type="long_txn"))
+            holding.set()
+            release.wait(60)  # the watchdog: a test that would hang fails instead
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert holding.wait(30)
+        other.write(AuditEvent(event_type="blocked"))
+        still_holding = not release.is_set()
+    finally:
+        release.set()
+        thread.join(60)
+        other.flush(30)
+        holder.close()
+        close_database(holder_db)
+    assert still_holding
+    assert 1 == other.stats.spilled
+    other._retry_at = 0
+    assert 1 == other.replay()
+    other.close()
+    assert verify(pg_url).ok
+
+
+@pytest.mark.postgres
+def test_more_threads_than_pooled_connections_wait_instead_of_spilling(pg_url):
+    """64 threads writing at once through a pool of 32 connections: none spills."""
+    with PeeweeSink(pg_url) as sink:
+        barrier = threading.Barrier(64)
+
+        def work(n: int) -> None:
+            barrier.wait(30)
+            for i in range(10):
+                sink.write(AuditEvent(event_type="pooled", details={"t": n, "i": i}))
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(64)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert 0 == sink.stats.spilled
+        assert 640 == sink.stats.written
     assert verify(pg_url).ok
