@@ -46,32 +46,42 @@ F = TypeVar("F", bound=Callable[..., Any])
 MAX_ERROR_MESSAGE = 4096
 # Detail keys that fill the event's columns (and stay in the details).
 _COLUMN_KEYS = ("actor", "plan_id", "ip", "correlation_id")
+# Text this short fits every column whatever its characters (4 bytes each).
+_ALWAYS_FITS = min(COLUMN_LIMITS.values()) // 4
 
 
 def _columns(
     details: Mapping[str, Any], clean: Mapping[str, Any], redactor: Redactor
-) -> dict[str, str | None]:
-    """The column values taken from the detail keys, redacted and within their limits.
+) -> list[str | None]:
+    """actor, plan_id, ip and correlation_id from the detail keys, redacted and within limits.
 
     From the redacted details when they were kept whole; from the original
     details when the size cap replaced them, so an oversized event still
     names its actor.
     """
-    source = details if TRUNCATED_KEY in clean else clean
-    columns: dict[str, str | None] = {}
-    for key in _COLUMN_KEYS:
-        value = source.get(key)
-        if value is not None:
-            text = as_text(value)
-            if source is details and text is not None:
-                text = redactor.redact_capped(text, COLUMN_LIMITS[key])
-            value = None if text is None else fit_column(text, COLUMN_LIMITS[key])
-        columns[key] = value
-    return columns
+    if TRUNCATED_KEY in clean:
+        return [_lifted(details.get(key), key, redactor) for key in _COLUMN_KEYS]
+    # The common case, kept cheap: absent keys, or short text.
+    return [
+        v if v is None or (type(v) is str and len(v) <= _ALWAYS_FITS) else _fitted(as_text(v), k)
+        for k in _COLUMN_KEYS
+        for v in (clean.get(k),)
+    ]
 
 
-def _fitted(value: str | None, key: str, redact_text: Callable[[str], str]) -> str | None:
-    return None if value is None else fit_column(redact_text(value), COLUMN_LIMITS[key])
+def _lifted(value: Any, key: str, redactor: Redactor) -> str | None:
+    text = as_text(value)
+    if text is None:
+        return None
+    return fit_column(redactor.redact_capped(text, COLUMN_LIMITS[key]), COLUMN_LIMITS[key])
+
+
+def _fitted(value: str | None, key: str) -> str | None:
+    return None if value is None else fit_column(value, COLUMN_LIMITS[key])
+
+
+def _context_value(value: str | None, key: str, redact_text: Callable[[str], str]) -> str | None:
+    return None if value is None else _fitted(redact_text(value), key)
 
 
 def describe_error(error: BaseException) -> str:
@@ -102,18 +112,20 @@ def build_event(
     redactor = get_redactor()
     clean = redactor.redact(details)
     text = redactor.redact_text
-    columns = _columns(details, clean, redactor)
+    actor, plan_id, ip, correlation_id = _columns(details, clean, redactor)
     event = AuditEvent(
-        event_type=event_type,
+        event_type=event_type
+        if len(event_type) <= _ALWAYS_FITS
+        else _fitted(event_type, "event_type"),
         outcome=outcome,
-        actor=columns["actor"] or _fitted(ctx.actor, "actor", text),
-        plan_id=columns["plan_id"],
-        ip=columns["ip"] or _fitted(ctx.ip, "ip", text),
-        correlation_id=columns["correlation_id"]
-        or _fitted(ctx.correlation_id, "correlation_id", text),
-        target=_fitted(target, "target", text) or "",
+        actor=actor or (ctx.actor and _context_value(ctx.actor, "actor", text)),
+        plan_id=plan_id,
+        ip=ip or (ctx.ip and _context_value(ctx.ip, "ip", text)),
+        correlation_id=correlation_id
+        or (ctx.correlation_id and _context_value(ctx.correlation_id, "correlation_id", text)),
+        target=_context_value(target, "target", text) or "",
         details=clean,
-        error=None if error is None else describe_error(error),
+        error=None if error is None else _fitted(describe_error(error), "error"),
     )
     object.__setattr__(event, "_redacted_by", redactor)
     # Serialised now: receivers get the dict, the sink stores this text.
@@ -145,7 +157,8 @@ def emit(event_type: str, /, **details: Any) -> AuditEvent:
 
 def _with_error(event: AuditEvent, text: str) -> AuditEvent:
     redactor = get_redactor()
-    changed = attrs.evolve(event, error=redactor.redact_capped(text, MAX_ERROR_MESSAGE))
+    error = _fitted(redactor.redact_capped(text, MAX_ERROR_MESSAGE), "error")
+    changed = attrs.evolve(event, error=error)
     object.__setattr__(changed, "_redacted_by", redactor)
     object.__setattr__(changed, "_details_json", event._details_json)
     return changed
@@ -297,7 +310,7 @@ def _sync_wrapper(audit: _Audit) -> Any:
             audit.failed(wrapped, instance, args, kwargs, exc)
             raise
         if audit_event.receivers or audit.signal.receivers:  # else build nothing
-            if inspect.isawaitable(result):
+            if result is not None and hasattr(type(result), "__await__"):
                 # The work happens when the caller awaits: audit then.
                 return _audited_await(audit, wrapped, instance, args, kwargs, result)
             audit.succeeded(wrapped, instance, args, kwargs, result)

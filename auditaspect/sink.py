@@ -42,7 +42,7 @@ import threading
 import time
 import weakref
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Literal
 
@@ -134,8 +134,10 @@ class _Prepared:
         else:  # built by hand, or by another redactor
             text = redactor.redact_text
             scalars = tuple(v if i < 4 or v is None else text(v) for i, v in enumerate(scalars))
+            # The pipeline fitted its events' columns already.
+            scalars = _fit(scalars)
             details = dumps_details(redactor.redact(event.details))
-        self.scalars: tuple[str | None, ...] = _fit(scalars)
+        self.scalars: tuple[str | None, ...] = scalars
         self.details = details
         self.payload = canonical(self.scalars, details)
 
@@ -351,7 +353,8 @@ class PeeweeSink:
         # A SQLite file's identity, to notice it deleted or replaced under us;
         # each thread remembers which opening of the file its connection is.
         self._file = _sqlite_file(self.database)
-        self._file_id: tuple[int, int] | None = None
+        # Held open to notice the file unlinked: fstat of an fd is cheaper than a stat by path.
+        self._file_fd: int | None = None
         self._generation = 0
         self._local = threading.local()
 
@@ -378,8 +381,14 @@ class PeeweeSink:
             try:
                 self._insert = _CompiledInsert(self.database)
                 self._create_schema()
-            except Exception as exc:
+            except (peewee.OperationalError, peewee.InterfaceError, OSError) as exc:
+                # Unreachable or unwritable now (a read-only disk, a server
+                # down): run on the spill file and keep probing.
                 self._start_spilling(exc)
+            except Exception:
+                if self._owns_database:
+                    close_database(self.database)
+                raise
             AuditRecord.bind(self.database, bind_refs=False, bind_backrefs=False)
             if self.mode == "buffered":
                 self._writer = BatchWriter(
@@ -414,6 +423,9 @@ class PeeweeSink:
             writer.close()
         self._replay_if_spilled(force=True)
         _at_fork.discard(self)
+        fd, self._file_fd = self._file_fd, None
+        if fd is not None:
+            os.close(fd)
         if self._owns_database:
             close_database(self.database)
 
@@ -507,8 +519,17 @@ class PeeweeSink:
     def _create_schema(self) -> None:
         if create_schema(self.database) == 1:
             self._chain_old_rows()
-        self._file_id = _file_identity(self._file)
+        self._watch_file()
         self._schema_pending = False
+
+    def _watch_file(self) -> None:
+        if self._file is None:
+            return
+        old, self._file_fd = self._file_fd, None
+        if old is not None:
+            os.close(old)
+        with contextlib.suppress(OSError):  # gone again already: the next write retries
+            self._file_fd = os.open(self._file, os.O_RDONLY | os.O_CLOEXEC)
 
     def _start_spilling(self, exc: Exception) -> None:
         """The database cannot be set up now: run on the spill file if it can be written.
@@ -667,7 +688,10 @@ class PeeweeSink:
             if self._schema_pending:
                 self._create_schema()
             if self._file is not None:
-                self._check_file(db)
+                fd = self._file_fd
+                # One fstat per write; the rest only when something changed.
+                if fd is None or self._generation or os.fstat(fd).st_nlink == 0:
+                    self._check_file(db)
             try:
                 self._append(db, insert, rows, key)
             finally:
@@ -706,13 +730,15 @@ class PeeweeSink:
         and creates the schema in a new file; every thread's connection to
         the old file is closed before its next write.
         """
-        local = self._local
-        stale = getattr(local, "generation", self._generation) != self._generation
+        generation = self._generation
+        stale = generation and getattr(self._local, "generation", 0) != generation
         if stale and not db.in_transaction() and not db.is_closed():
             db.close()
-        if _file_identity(self._file) != self._file_id:
+        if self._file_fd is None:  # not watched yet (or no longer: closed)
+            self._watch_file()
+        elif not self._file_present():
             with self._lock:
-                if _file_identity(self._file) != self._file_id:
+                if not self._file_present():
                     logger.critical(
                         "audit database file %s was deleted or replaced while in use; "
                         "writing to a new file at that path (rows written before are not in it)",
@@ -724,7 +750,15 @@ class PeeweeSink:
                         db.close()
                     self._create_schema()
                     self._generation += 1
-        local.generation = self._generation
+        if self._generation:
+            self._local.generation = self._generation
+
+    def _file_present(self) -> bool:
+        fd = self._file_fd
+        try:
+            return fd is None or os.fstat(fd).st_nlink > 0
+        except OSError:  # pragma: no cover - closed under us by close()
+            return True
 
     def _store_new(self, events: list[AuditEvent]) -> int:
         """Store the events the database does not have yet; return how many."""
@@ -903,14 +937,7 @@ def _sqlite_file(database: peewee.Database) -> str | None:
     return os.path.abspath(str(name))
 
 
-def _file_identity(path: str | None) -> tuple[int, int] | None:
-    if path is None:
-        return None
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return info.st_dev, info.st_ino
+_CONTENT_ERRORS = frozenset({"IntegrityError", "DataError", "ProgrammingError"})
 
 
 def _refused_for_content(exc: BaseException) -> bool:
@@ -918,7 +945,8 @@ def _refused_for_content(exc: BaseException) -> bool:
 
     Only then is a batch worth retrying event by event.
     """
-    if isinstance(exc, (peewee.IntegrityError, peewee.DataError, peewee.ProgrammingError)):
+    # By name: the drivers' own classes (sqlite3, psycopg) reach here too.
+    if {cls.__name__ for cls in type(exc).__mro__} & _CONTENT_ERRORS:
         return True
     text = str(exc).lower()
     return "index row" in text or "too long" in text or "exceeds" in text
@@ -960,9 +988,12 @@ class _ForkRegistry:
 
     def __init__(self) -> None:
         self._sinks: weakref.WeakSet[PeeweeSink] = weakref.WeakSet()
-        self._gate = threading.Condition()
+        self._count_lock = threading.Lock()
         self._active = 0
         self._forking = False
+        self._idle = threading.Event()  # set when the last call under way ends during a fork
+        self._resumed = threading.Event()  # set when a fork is done
+        self._resumed.set()
         if hasattr(os, "register_at_fork"):  # pragma: no branch - not on Windows
             os.register_at_fork(
                 before=self._before_fork,
@@ -976,49 +1007,61 @@ class _ForkRegistry:
     def discard(self, sink: PeeweeSink) -> None:
         self._sinks.discard(sink)
 
-    @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        """Mark a database call under way (waits while a fork is being made)."""
-        gate = self._gate
-        with gate:
-            while self._forking:
-                gate.wait()
+    def active(self) -> contextlib.AbstractContextManager[None]:
+        """Mark a database call under way, as a context manager (waits while a fork is made).
+
+        A process with one thread needs no gate: no other thread can fork
+        while this one is inside the call.
+        """
+        return self if threading.active_count() > 1 else _NO_GATE
+
+    def __enter__(self) -> None:
+        if self._forking:
+            self._resumed.wait(self.FORK_WAIT)
+        with self._count_lock:  # held by a fork in progress: new calls wait here
             self._active += 1
-        try:
-            yield
-        finally:
-            with gate:
-                self._active -= 1
-                if not self._active:
-                    gate.notify_all()
+
+    def __exit__(self, *exc: object) -> None:
+        with self._count_lock:
+            self._active -= 1
+            if self._forking and not self._active:
+                self._idle.set()
 
     def _before_fork(self) -> None:
         if not self._sinks:
             return
-        gate = self._gate
-        gate.acquire()
+        self._resumed.clear()
         self._forking = True
         deadline = time.monotonic() + self.FORK_WAIT
-        while self._active and (left := deadline - time.monotonic()) > 0:
-            gate.wait(left)
-        # Held through the fork: no thread starts a database call meanwhile.
+        while True:
+            self._count_lock.acquire()
+            left = deadline - time.monotonic()
+            if not self._active or left <= 0:
+                return  # held through the fork: no database call starts meanwhile
+            self._idle.clear()
+            self._count_lock.release()
+            self._idle.wait(min(left, 0.05))
 
     def _after_fork_in_parent(self) -> None:
         if not self._forking:
             return
         self._forking = False
-        self._gate.notify_all()
-        self._gate.release()
+        self._count_lock.release()
+        self._resumed.set()
 
     def _after_fork_in_child(self) -> None:  # pragma: no cover - forked child
-        # Fresh, unheld: the parent's gate (and its waiters) are not ours.
-        self._gate = threading.Condition()
+        # Fresh, unheld: the parent's lock (and its waiters) are not ours.
+        self._count_lock = threading.Lock()
         self._active = 0
         self._forking = False
+        self._idle = threading.Event()
+        self._resumed = threading.Event()
+        self._resumed.set()
         for sink in list(self._sinks):
             sink._after_fork_in_child()
 
 
+_NO_GATE = contextlib.nullcontext()
 _at_fork = _ForkRegistry()
 # Connections a forked child inherited, kept from the garbage collector.
 _inherited: list[Any] = []
