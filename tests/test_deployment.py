@@ -18,9 +18,21 @@ import pytest
 from test_crash import unmeasured_env
 
 
-def run_child(script: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120):
-    """Run a Python child; a hang dumps its stacks (faulthandler) instead of blocking CI."""
+def run_child(
+    script: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    watchdog: bool = True,
+):
+    """Run a Python child; a hang dumps its stacks (faulthandler) instead of blocking CI.
+
+    ``watchdog=False`` for a script that forks: a child inherits the parent's
+    faulthandler timer state without its thread, and would hang re-arming it.
+    """
     prologue = "import faulthandler; faulthandler.dump_traceback_later(100, exit=True)\n"
+    if not watchdog:
+        prologue = ""
     return subprocess.run(
         [sys.executable, "-c", prologue + textwrap.dedent(script), *args],
         capture_output=True,
@@ -202,7 +214,7 @@ def test_a_read_only_database_starts_in_spill_mode(tmp_path):
 
 
 FORKS = """
-import os, sys, threading, time
+import faulthandler, os, sys, threading, time
 from auditaspect import PeeweeSink, audited
 
 @audited("resource_modified")
@@ -227,15 +239,26 @@ for n in range(children):
     time.sleep(0.01)
     pid = os.fork()
     if pid == 0:
+        faulthandler.dump_traceback_later(30, exit=True)  # a hung child says where
         for i in range(10):
             touch(f"child-{n}-{i}")
         sink.flush()
         os._exit(0)
     pids.append(pid)
 failures = 0
+deadline = time.monotonic() + 90
 for pid in pids:
-    _, status = os.waitpid(pid, 0)
-    failures += status != 0
+    while True:  # bounded: a hung child is a failure, not a hung test
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            failures += status != 0
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            failures += 1
+            break
+        time.sleep(0.01)
 stop.set()
 for t in threads:
     t.join(30)
@@ -248,11 +271,17 @@ print(failures)
 
 @pytest.mark.parametrize("mode", ["sync", "buffered"])
 def test_fork_while_threads_write_never_deadlocks_the_child(tmp_path, mode):
-    """Forking 20 children while three threads write: every child finishes and writes its rows."""
+    """Forking 20 children while three threads write: every child finishes and writes its rows.
+
+    Unmeasured: coverage's tracer has its own lock, which a fork can copy held
+    just as it could SQLite's (see test_crash.unmeasured_env).
+    """
     db = tmp_path / "fork.db"
-    result = run_child(FORKS, str(db), mode, "20", timeout=300)
+    result = run_child(
+        FORKS, str(db), mode, "20", env=unmeasured_env(), timeout=300, watchdog=False
+    )
     assert 0 == result.returncode, result.stderr
-    assert "0" == result.stdout.strip()
+    assert "0" == result.stdout.strip(), result.stderr[-4000:]
     conn = sqlite3.connect(str(db))
     children = conn.execute(
         "SELECT count(*) FROM audit_log WHERE details LIKE '%child-%'"
@@ -310,6 +339,7 @@ def test_multiprocessing_children_flush_their_buffered_events(tmp_path, method):
         capture_output=True,
         text=True,
         timeout=300,
+        env=unmeasured_env(),  # forked children under coverage: see the fork test
         check=False,
     )
     assert 0 == result.returncode, result.stderr
