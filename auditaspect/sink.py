@@ -156,25 +156,9 @@ class _Prepared:
         )
 
 
-# Limits of the scalar columns, in _Prepared.scalars order (event_id,
-# timestamp and outcome are produced or validated by AuditEvent itself).
-_LIMITS = tuple(
-    COLUMN_LIMITS.get(name)
-    for name in (
-        "event_id",
-        "timestamp",
-        "event_type",
-        "outcome",
-        "actor",
-        "plan_id",
-        "ip",
-        "correlation_id",
-        "target",
-        "error",
-    )
-)
-
-
+# Limits of the scalar columns, in _Prepared.scalars order (the chain's field
+# order; event_id, timestamp and outcome are made or checked by AuditEvent).
+_LIMITS = tuple(COLUMN_LIMITS.get(name) for name in CHAINED_FIELDS)
 _CHECKED = tuple((index, limit) for index, limit in enumerate(_LIMITS) if limit)
 
 
@@ -767,13 +751,14 @@ class PeeweeSink:
         for start in range(0, len(events), 500):
             chunk = events[start : start + 500]
             marks = ", ".join([db.param] * len(chunk))
-            present = {
-                r[0]
-                for r in db.execute_sql(  # type: ignore[no-untyped-call]
-                    f"SELECT event_id FROM {TABLE_NAME} WHERE event_id IN ({marks})",
-                    [e.event_id for e in chunk],
-                )
-            }
+            with _at_fork.active():
+                present = {
+                    r[0]
+                    for r in db.execute_sql(  # type: ignore[no-untyped-call]
+                        f"SELECT event_id FROM {TABLE_NAME} WHERE event_id IN ({marks})",
+                        [e.event_id for e in chunk],
+                    )
+                }
             fresh = [e for e in chunk if e.event_id not in present]
             if fresh:
                 stored += self._store_or_quarantine(fresh)
