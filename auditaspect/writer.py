@@ -286,10 +286,10 @@ def _flush_at_child_exit() -> None:
 
     if multiprocessing.parent_process() is None:
         return
-    from multiprocessing import util
+    from multiprocessing import util  # pragma: no cover - a multiprocessing child (unmeasured)
 
-    util.Finalize(None, _close_all, exitpriority=100)
-    _finalizer_pid = os.getpid()
+    util.Finalize(None, _close_all, exitpriority=100)  # pragma: no cover - as above
+    _finalizer_pid = os.getpid()  # pragma: no cover - as above
 
 
 _sigterm_lock = threading.Lock()

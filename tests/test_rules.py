@@ -302,3 +302,25 @@ def test_multi_megabyte_hostile_inputs_finish():
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
     )
     assert "done" in result.stdout, result.stderr
+
+
+def test_rule_set_edges():
+    """Empty rule sets, short or keyword-free texts and bad keyword lists behave plainly."""
+    empty = RuleSet([])
+    assert "RuleSet(0 rules)" == repr(empty)
+    assert [] == empty.findings("ghp_" + "a1B2" * 9)
+    assert [] == RULES.candidates("ab")
+    assert [] == RULES.findings("a plain sentence with nothing in it at all, none")
+    with pytest.raises(ValueError, match="keywords"):
+        load_rules('[[rule]]\nid = "k"\nkeywords = []\nregex = "x"\n')
+
+
+def test_overlapping_custom_patterns_merge_and_masked_keys_stay_apart():
+    """Overlapping matches merge into one mask; several keys masked alike get numbered."""
+    redactor = Redactor(extra_patterns=[r"ACME-\d{4}", r"\d{4}-X"])
+    assert "id [REDACTED:custom] ok" == redactor.redact_text("id ACME-1234-X ok")
+    token = "ghp_" + "a1B2" * 9
+    keys = {token: 1, token.replace("a", "b"): 2, token.replace("a", "c"): 3}
+    assert ["[REDACTED:github-pat]", "[REDACTED:github-pat]#2", "[REDACTED:github-pat]#3"] == list(
+        R.redact(keys)
+    )
