@@ -57,13 +57,18 @@ def test_neither_database_nor_spill_is_one_clear_error(tmp_path):
 def test_a_deleted_file_is_reopened_for_every_thread(tmp_path, caplog):
     """After the file is deleted, each thread's next write goes to the new file."""
     path = tmp_path / "audit.db"
-    with PeeweeSink(f"sqlite:///{path}"):
+    with PeeweeSink(f"sqlite:///{path}") as sink:
         touch("main-before")
         worker_done = threading.Event()
 
         def worker() -> None:
             touch("worker-before")
+            sink.database.close()
             worker_done.set()
+
+        def worker_after() -> None:
+            touch("worker-after")
+            sink.database.close()  # peewee: a thread closes the connection it opened
 
         thread = threading.Thread(target=worker)
         thread.start()
@@ -74,7 +79,7 @@ def test_a_deleted_file_is_reopened_for_every_thread(tmp_path, caplog):
                 os.unlink(f"{path}{suffix}")
         with caplog.at_level(logging.CRITICAL, logger="auditaspect"):
             touch("main-after")
-        second = threading.Thread(target=touch, args=("worker-after",))
+        second = threading.Thread(target=worker_after)
         second.start()
         second.join(30)
         touch("main-again")
