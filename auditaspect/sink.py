@@ -638,22 +638,36 @@ class PeeweeSink:
         fail too: then the database itself is failing, and the caller spills
         the batch whole rather than trying every event.
         """
-        written = 0
-        refused: list[tuple[AuditEvent, Exception]] = []
-        for number, event in enumerate(events):
-            if number == 2 and not written:
-                return False
-            try:
-                self._store(self._prepare([event]))
-            except Exception as exc:
-                refused.append((event, exc))
-                continue
-            written += 1
+        written, refused = self._store_each(events)
+        if not written:
+            return False
         with self._stats_lock:
             self.stats.written += written
         for event, error in refused:
             self._failed([event], error, probe=False)
         return True
+
+    def _store_each(
+        self, events: list[AuditEvent]
+    ) -> tuple[int, list[tuple[AuditEvent, Exception]]]:
+        """Store events one by one; return how many went in and those refused, with why.
+
+        Gives up (after storing nothing) once the first two are refused: then
+        the database is failing, not the events, and trying each would only
+        take longer.
+        """
+        stored = 0
+        refused: list[tuple[AuditEvent, Exception]] = []
+        for number, event in enumerate(events):
+            if number == 2 and not stored:
+                return 0, refused
+            try:
+                self._store(self._prepare([event]))
+            except Exception as exc:
+                refused.append((event, exc))
+                continue
+            stored += 1
+        return stored, refused
 
     def _prepare(self, events: Sequence[AuditEvent]) -> list[_Prepared]:
         redactor = self._redactor or get_redactor()
@@ -772,15 +786,7 @@ class PeeweeSink:
         except Exception as exc:
             if len(events) == 1 or not _refused_for_content(exc):
                 raise
-        stored = 0
-        refused: list[tuple[AuditEvent, Exception]] = []
-        for event in events:
-            try:
-                self._store(self._prepare([event]))
-            except Exception as exc:
-                refused.append((event, exc))
-                continue
-            stored += 1
+        stored, refused = self._store_each(events)
         if not stored:  # nothing goes in: the database is failing, not the events
             raise refused[0][1]
         for event, error in refused:
