@@ -10,16 +10,17 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from . import signals
+from .checkpoints import Checkpoint, checkpoint
 from .context import AuditContext, audit_context, current_context
 from .decorator import audited, emit
 from .errors import AppendOnlyError, AuditError, AuditWriteError
 from .events import AuditEvent, Call, EventType
 from .instrument import instrument, instrument_from_toml, uninstrument
-from .integrity import Checkpoint, VerifyReport, checkpoint, verify
 from .logship import LogShipper, ship_to_logging
 from .model import AuditRecord
 from .redaction import Redactor, get_redactor, set_redactor, token_prefix
 from .sink import PeeweeSink, SinkStats
+from .verification import Break, VerifyReport, verify
 
 try:
     __version__ = version("auditaspect")
@@ -33,6 +34,7 @@ __all__ = [
     "AuditEvent",
     "AuditRecord",
     "AuditWriteError",
+    "Break",
     "Call",
     "Checkpoint",
     "EventType",

@@ -5,7 +5,10 @@
                                  [--format table|json|csv]
     auditaspect [--db URL] tail [-n N] [-f]
     auditaspect [--db URL] export --format jsonl|csv [--output FILE]
-    auditaspect [--db URL] verify [--key KEY] [--checkpoint FILE] [--write-checkpoint FILE]
+    auditaspect [--db URL] verify [--key KEY ...] [--checkpoint FILE [--public-key PEM ...]]
+                                  [--write-checkpoint FILE [--sign KEY.pem]]
+    auditaspect [--db URL] checkpoint [--sign KEY.pem] [--out FILE]
+    auditaspect keygen --out KEY.pem
     auditaspect [--db URL] stats
     auditaspect redact-check [FILE] [--rules RULES.toml]
 
@@ -32,11 +35,21 @@ from typing import Any, TextIO
 import peewee
 
 from . import __version__
+from .checkpoints import (
+    Checkpoint,
+    TrustedKey,
+    checkpoint,
+    generate_signing_key,
+    load_public_keys,
+    load_signing_key,
+    read_checkpoints,
+    write_checkpoint_file,
+)
 from .database import close_database, open_database, resolve_url, sqlite_path
-from .integrity import Checkpoint, checkpoint, verify
 from .model import TABLE_NAME, AuditRecord
 from .redaction import Redactor
 from .rules import RuleSet, default_rules, load_rules
+from .verification import verify
 
 __all__ = ["main", "main_exit"]
 
@@ -236,26 +249,141 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     db = _open(args.db)
-    mark = None
+    marks: list[Checkpoint] = []
     if args.checkpoint:
         try:
-            with open(args.checkpoint, encoding="utf-8") as handle:
-                mark = Checkpoint.from_dict(json.load(handle))
+            marks = read_checkpoints(args.checkpoint)
+        except FileNotFoundError:
+            if args.write_checkpoint != args.checkpoint:
+                raise UsageError(f"checkpoint file {args.checkpoint} does not exist") from None
+            # First run of `verify --checkpoint F --write-checkpoint F`.
+            sys.stderr.write(f"no checkpoint in {args.checkpoint} yet: checking the chain alone\n")
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot read checkpoint {args.checkpoint}: {exc}") from None
-    report = verify(db, chain_key=args.key, checkpoint=mark)
-    if report.ok:
-        out.write(f"OK: {report.rows_checked} rows, hash chain intact\n")
-    else:
-        out.write(
-            f"BROKEN at row {report.bad_id}: {report.reason} ({report.rows_checked} rows checked)\n"
+    trusted = _keyring(args.public_key)
+    if trusted and not marks:
+        raise UsageError("--public-key checks signed checkpoints: give --checkpoint FILE too")
+    progress = None
+    if sys.stderr.isatty():
+
+        def progress(rows: int) -> None:
+            sys.stderr.write(f"\rverified {rows:,} rows")
+
+    try:
+        report = verify(
+            db, chain_key=args.key or None, checkpoint=marks, public_key=trusted, progress=progress
         )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        if progress is not None:
+            sys.stderr.write("\n")
+    if report.ok:
+        out.write(f"OK: {report.rows_checked} rows, hash chain intact")
+        if marks:
+            out.write(f", {len(marks)} checkpoint(s) extended")
+        out.write("\n")
+    else:
+        total = report.total_breaks
+        out.write(f"BROKEN: {total} break(s) in {report.rows_checked} rows checked\n")
+        for found in report.breaks:
+            out.write(f"  {_printable(str(found))}\n")
+        if total > len(report.breaks):
+            counts = ", ".join(f"{kind} {n}" for kind, n in sorted(report.counts.items()))
+            out.write(f"  ... {total - len(report.breaks)} more; all by kind: {counts}\n")
+    latest = report.latest_checkpoint
+    if latest is not None and latest.time is not None:
+        out.write(f"latest checkpoint: row {latest.last_id} at {latest.time.isoformat()}\n")
     if args.write_checkpoint and report.ok:
-        last = checkpoint(db)
-        with open(args.write_checkpoint, "w", encoding="utf-8") as handle:
-            json.dump(last.to_dict() if last else None, handle)
-            handle.write("\n")
+        mark = checkpoint(db, signing_key=_signing_key(args.sign))
+        _write_checkpoint(args.write_checkpoint, mark, db)
     return 0 if report.ok else 1
+
+
+def cmd_checkpoint(args: argparse.Namespace, out: TextIO) -> int:
+    db = _open(args.db)
+    mark = checkpoint(db, signing_key=_signing_key(args.sign))
+    if args.out:
+        _write_checkpoint(args.out, mark, db)
+    else:
+        out.write(json.dumps(mark.to_dict()) + "\n")
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        private, public = generate_signing_key()
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
+    public_path = f"{args.out}.pub"
+    for path, data, mode in ((args.out, private, 0o600), (public_path, public, 0o644)):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot create {path}: {exc.strerror} (it is never overwritten)"
+            ) from None
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+    out.write(f"signing key: {args.out} (keep it secret)\npublic key:  {public_path}\n")
+    return 0
+
+
+def _signing_key(path: str | None) -> Any:
+    if path is None:
+        return None
+    try:
+        return load_signing_key(path)
+    except (OSError, ValueError, TypeError, ImportError) as exc:
+        raise UsageError(f"cannot load signing key {path}: {_reason(exc)}") from None
+
+
+def _keyring(paths: list[str] | None) -> list[TrustedKey]:
+    trusted: list[TrustedKey] = []
+    for path in paths or ():
+        try:
+            trusted += [TrustedKey(key) for key in load_public_keys(path)]
+        except (OSError, ValueError, TypeError, ImportError) as exc:
+            raise UsageError(f"cannot load public key {path}: {_reason(exc)}") from None
+    return trusted
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _write_checkpoint(path: str, mark: Checkpoint, db: peewee.Database) -> None:
+    database_file = db.database if isinstance(db, peewee.SqliteDatabase) else None
+    if _same_file(path, database_file):
+        raise UsageError(f"{path} is the audit database itself: write the checkpoint elsewhere")
+    try:
+        write_checkpoint_file(path, mark)
+    except OSError as exc:
+        raise UsageError(f"cannot write checkpoint {path}: {_reason(exc)}") from None
+
+
+def _same_file(path: str, database_file: str | None) -> bool:
+    if database_file is None:
+        return False
+    target = os.path.realpath(path)
+    base = os.path.realpath(database_file)
+    return target in (base, base + "-wal", base + "-shm", base + "-journal")
+
+
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _printable(text: str) -> str:
+    """Control and bidi characters shown escaped, so text cannot drive the terminal."""
+    return _UNPRINTABLE.sub(
+        lambda m: (
+            f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}"
+        ),
+        text,
+    )
 
 
 def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
@@ -353,10 +481,35 @@ def _parser() -> _Parser:
     check = sub.add_parser(
         "verify", parents=[common], help="check the hash chain (exit 1 when broken)"
     )
-    check.add_argument("--key", help="chain key (default: $AUDITASPECT_CHAIN_KEY)")
-    check.add_argument("--checkpoint", help="JSON checkpoint to check the tail against")
-    check.add_argument("--write-checkpoint", help="write the current checkpoint here when intact")
+    check.add_argument(
+        "--key",
+        action="append",
+        help="chain key (default: $AUDITASPECT_CHAIN_KEY); repeat for every key after a rotation",
+    )
+    check.add_argument(
+        "--checkpoint", help="checkpoint file (one, or a sink's file of many) the log must extend"
+    )
+    check.add_argument(
+        "--public-key",
+        action="append",
+        help="PEM Ed25519 public key(s) the checkpoints must be signed with (repeatable)",
+    )
+    check.add_argument(
+        "--write-checkpoint", help="write the current checkpoint here when the log is intact"
+    )
+    check.add_argument("--sign", help="sign the written checkpoint with this Ed25519 private key")
     check.set_defaults(run=cmd_verify)
+
+    mark = sub.add_parser(
+        "checkpoint", parents=[common], help="the log's head now, signed with --sign KEY"
+    )
+    mark.add_argument("--sign", help="Ed25519 private key (PEM file) to sign with")
+    mark.add_argument("--out", help="file to write (created 0600; default: standard output)")
+    mark.set_defaults(run=cmd_checkpoint)
+
+    keygen = sub.add_parser("keygen", help="make an Ed25519 key pair for signed checkpoints")
+    keygen.add_argument("--out", required=True, help="private key file; the public key is OUT.pub")
+    keygen.set_defaults(run=cmd_keygen)
 
     stats = sub.add_parser("stats", parents=[common], help="counts by type, actor, outcome and day")
     stats.set_defaults(run=cmd_stats)

@@ -1,20 +1,27 @@
-"""Tamper evidence: the hash chain over ``audit_log`` and :func:`verify`.
+"""Tamper evidence: the hash chain over ``audit_log``.
 
-Every row stores ``prev_hash`` (the hash of the row before it in ``id`` order,
-or :data:`GENESIS` for the first) and ``hash``, the SHA-256 of ``prev_hash``
-and a canonical serialisation of the row's fields. With a secret key
-(``chain_key=`` or ``$AUDITASPECT_CHAIN_KEY``) each link is HMAC-SHA-256
-instead, so someone who can write the database but lacks the key cannot
-produce a chain that verifies.
+Every row stores ``prev_hash`` (the hash of the row before it, or
+:data:`GENESIS` for row 1), ``hash`` and ``key_id``. ``hash`` is the SHA-256
+of ``prev_hash``, the row's id, its ``key_id`` and a canonical serialisation
+of its fields; with a secret key (``chain_key=`` or ``$AUDITASPECT_CHAIN_KEY``)
+it is HMAC-SHA-256 instead, so someone who can write the database but lacks
+the key cannot produce a chain that verifies. ``key_id`` names the key
+(:func:`key_id`: ``sha256`` for none, else a fingerprint that does not reveal
+the key), so a verifier can hold several keys and a writer with another key
+is refused instead of breaking the chain.
 
 The canonical form is recomputed from parsed values, never from stored text:
-SQLite's ``json()`` minifies and PostgreSQL's JSONB reorders keys, so the same
-details come back as different text. Details are serialised with sorted keys,
-compact separators and UTF-8.
+SQLite's ``json()`` minifies and PostgreSQL's JSONB reorders keys and
+normalises numbers, so the same details come back as different text. Details
+are serialised with sorted keys, compact separators and UTF-8, and numbers
+in the one form both databases give back (:func:`canonical_details`).
 
-A chain alone cannot show that its tail was cut off. A :class:`Checkpoint`
-(the last ``id`` and its hash, exported and stored elsewhere) can: pass it to
-:func:`verify` later.
+Rows written before schema version 3 (``key_id`` is NULL) keep the links they
+were written with, which do not cover the id or key id:
+:func:`legacy_payload` computes those.
+
+Checking the chain is :mod:`auditaspect.verification`; signed checkpoints
+are :mod:`auditaspect.checkpoints`.
 """
 
 from __future__ import annotations
@@ -23,31 +30,35 @@ import hashlib
 import hmac
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-import attrs
-import peewee
-
-from .database import close_database, open_database
-from .model import TABLE_NAME, dumps_details, format_timestamp
+from .events import dumps_details
+from .model import format_timestamp
 
 __all__ = [
+    "CHAINED_FIELDS",
     "ENV_CHAIN_KEY",
     "GENESIS",
-    "Checkpoint",
-    "VerifyReport",
+    "UNKEYED",
     "canonical",
-    "checkpoint",
+    "canonical_details",
+    "key_id",
+    "legacy_payload",
     "link",
+    "parse_details",
     "resolve_key",
+    "resolve_keys",
     "row_payload",
-    "verify",
+    "row_prefix",
 ]
 
 GENESIS = "0" * 64
 ENV_CHAIN_KEY = "AUDITASPECT_CHAIN_KEY"
+#: The key id of rows chained without a key.
+UNKEYED = "sha256"
 # The fields in the order they are hashed (details last, on its own line).
 CHAINED_FIELDS = (
     "event_id",
@@ -61,10 +72,11 @@ CHAINED_FIELDS = (
     "target",
     "error",
 )
-_PAGE = 2000
+
+KeyLike = str | bytes
 
 
-def resolve_key(chain_key: str | bytes | None) -> bytes | None:
+def resolve_key(chain_key: KeyLike | None) -> bytes | None:
     """Return the chain key as bytes: the argument, else ``$AUDITASPECT_CHAIN_KEY``."""
     if chain_key is None:
         chain_key = os.environ.get(ENV_CHAIN_KEY) or None
@@ -76,14 +88,37 @@ def resolve_key(chain_key: str | bytes | None) -> bytes | None:
     return key
 
 
+def resolve_keys(chain_key: KeyLike | Sequence[KeyLike] | None) -> list[bytes | None]:
+    """A verifier's keyring: one key, several (a rotation), or none (unkeyed)."""
+    if chain_key is None or isinstance(chain_key, (str, bytes)):
+        return [resolve_key(chain_key)]
+    keys: list[bytes | None] = [resolve_key(k) for k in chain_key]
+    if not keys:
+        raise ValueError("chain_key must name at least one key; omit it for an unkeyed chain")
+    return keys
+
+
+def key_id(key: bytes | None) -> str:
+    """Name a chain key without revealing it: ``sha256`` (no key) or
+    ``hmac-sha256:`` and 16 hex digits of an HMAC of a fixed label."""
+    if key is None:
+        return UNKEYED
+    return "hmac-sha256:" + hmac.digest(key, b"auditaspect chain key id", "sha256").hex()[:16]
+
+
 # Built once: json.dumps() with options builds a new encoder on every call.
 _encode_fields = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
-def canonical(scalars: Sequence[str | None], details_text: str) -> bytes:
-    """The bytes a link hashes: the scalar fields as a JSON array, a newline,
-    the canonical details text (:func:`~auditaspect.model.dumps_details`)."""
+def canonical(scalars: Sequence[Any], details_text: str) -> bytes:
+    """The bytes a link hashes after its prefix: the scalar fields as a JSON
+    array, a newline, the canonical details text (:func:`canonical_details`)."""
     return f"{_encode_fields(list(scalars))}\n{details_text}".encode()
+
+
+def row_prefix(row_id: int, key: str) -> bytes:
+    """What a version 3 link hashes before :func:`canonical`: the id and key id."""
+    return f"{row_id}\n{key}\n".encode()
 
 
 def link(prev_hash: str, payload: bytes, key: bytes | None) -> str:
@@ -94,157 +129,73 @@ def link(prev_hash: str, payload: bytes, key: bytes | None) -> str:
     return hmac.digest(key, data, "sha256").hex()
 
 
-@attrs.frozen
-class Checkpoint:
-    """The last row of the log at some moment: store it where the log's writers cannot."""
-
-    last_id: int
-    hash: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return ``{"last_id": ..., "hash": ...}`` for JSON export."""
-        return {"last_id": self.last_id, "hash": self.hash}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Checkpoint:
-        """Read a checkpoint exported with :meth:`to_dict`; a bad one is a ``ValueError``."""
-        try:
-            return cls(last_id=int(data["last_id"]), hash=str(data["hash"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"not a checkpoint (need last_id and hash): {data!r}") from exc
+def _number(value: float) -> float | int:
+    if value == 0.0:
+        return 0.0  # JSONB has no negative zero
+    text = repr(value)
+    # Python writes floats >= 1e16 with an exponent; JSONB gives them back as
+    # the integer they spell.
+    return int(Decimal(text)) if "e+" in text else value
 
 
-@attrs.frozen
-class VerifyReport:
-    """What :func:`verify` found.
+def _normal(value: Any) -> Any:
+    kind = type(value)
+    if kind is float:
+        return _number(value)
+    if kind is dict:
+        return {k: _normal(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [_normal(v) for v in value]
+    return value
 
-    ``ok`` is true when every row's hash matches its content and its
-    predecessor (and the checkpoint, if one was given). Otherwise ``bad_id`` is
-    the first row found broken and ``reason`` says how.
+
+def canonical_details(text: str) -> str:
+    """The details text a link hashes, from :func:`~auditaspect.events.dumps_details`
+    output: every float in the form it has after a PostgreSQL JSONB round trip.
+
+    Only floats of 1e16 and more (which JSONB turns into the integers they
+    spell) and ``-0.0`` (JSONB has no negative zero) change; the stored
+    details stay as they were sent.
     """
-
-    ok: bool
-    rows_checked: int
-    bad_id: int | None = None
-    reason: str | None = None
-    last: Checkpoint | None = None
-
-    def __bool__(self) -> bool:
-        return self.ok
+    if "e+" not in text and "-0.0" not in text:  # nothing to change: the common case
+        return text
+    return dumps_details(_normal(json.loads(text)))
 
 
-_SELECT = (
-    "SELECT id, "
-    + ", ".join(CHAINED_FIELDS)
-    + f", details, prev_hash, hash FROM {TABLE_NAME} WHERE id > {{p}} ORDER BY id LIMIT {_PAGE}"
-)
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise ValueError(f"details repeat the key {twice!r} (SQL and Python read different values)")
+    return result
 
 
-def _rows(database: peewee.Database) -> Iterator[tuple[Any, ...]]:
-    """Every row in id order, a page at a time (constant memory on huge logs)."""
-    sql = _SELECT.format(p=database.param)
-    last = 0
-    while True:
-        page = database.execute_sql(sql, (last,)).fetchall()  # type: ignore[no-untyped-call]
-        if not page:
-            return
-        yield from page
-        last = page[-1][0]
+def parse_details(text: str | bytes) -> Any:
+    """Parse stored details; a repeated key or nesting too deep is a ``ValueError``."""
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        raise ValueError("details are nested too deeply to read") from None
+
+
+def _stamp(value: Any) -> str:
+    return format_timestamp(value if isinstance(value, datetime) else datetime.fromisoformat(value))
 
 
 def row_payload(values: Sequence[Any], details: Any) -> bytes:
-    """The canonical bytes of a stored row (scalars as read, details parsed or text)."""
+    """The canonical bytes of a stored row after its prefix (scalars as read,
+    details parsed or text): what a version 3 link hashes after :func:`row_prefix`."""
     scalars = list(values)
-    stamp = scalars[1]
-    scalars[1] = format_timestamp(
-        stamp if isinstance(stamp, datetime) else datetime.fromisoformat(stamp)
-    )
-    parsed = json.loads(details) if isinstance(details, (str, bytes)) else details
+    scalars[1] = _stamp(scalars[1])
+    parsed = parse_details(details) if isinstance(details, (str, bytes)) else details
+    return canonical(scalars, canonical_details(dumps_details(parsed)))
+
+
+def legacy_payload(values: Sequence[Any], details: Any) -> bytes:
+    """The bytes a link written before schema version 3 hashes (no prefix,
+    details as serialised then)."""
+    scalars = list(values)
+    scalars[1] = _stamp(scalars[1])
+    parsed = parse_details(details) if isinstance(details, (str, bytes)) else details
     return canonical(scalars, dumps_details(parsed))
-
-
-def verify(
-    database: peewee.Database | str | None = None,
-    *,
-    chain_key: str | bytes | None = None,
-    checkpoint: Checkpoint | Mapping[str, Any] | None = None,
-) -> VerifyReport:
-    """Check the hash chain of ``audit_log`` from its first row to its last.
-
-    ``database`` is a peewee ``Database`` or a URL, as for the sink.
-    ``chain_key`` (default ``$AUDITASPECT_CHAIN_KEY``) must be the key the
-    rows were written with. Detects a modified, deleted, inserted or
-    reordered row, also after the append-only triggers were dropped and the
-    file edited by hand; with a ``checkpoint``, also a removed tail. Never
-    raises for a broken chain: the report says what is wrong. A missing table
-    is reported, not raised.
-    """
-    db, owned = open_database(database)
-    key = resolve_key(chain_key)
-    mark = None
-    if checkpoint is not None:
-        mark = (
-            checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint.from_dict(checkpoint)
-        )
-    try:
-        if TABLE_NAME not in db.get_tables():
-            return VerifyReport(ok=False, rows_checked=0, reason=f"no {TABLE_NAME} table")
-        return _walk(db, key, mark)
-    finally:
-        if owned:
-            close_database(db)
-
-
-def _walk(db: peewee.Database, key: bytes | None, mark: Checkpoint | None) -> VerifyReport:
-    prev = GENESIS
-    checked = 0
-    last: Checkpoint | None = None
-    seen_mark = False
-    for row in _rows(db):
-        row_id, values, details, prev_hash, stored = row[0], row[1:11], row[11], row[12], row[13]
-        checked += 1
-        if prev_hash != prev:
-            reason = (
-                "prev_hash does not match the row before it: "
-                "a row was removed, inserted or reordered"
-            )
-            return VerifyReport(False, checked, row_id, reason, last)
-        try:
-            expected = link(prev, row_payload(values, details), key)
-        except (ValueError, TypeError) as exc:
-            return VerifyReport(False, checked, row_id, f"row cannot be read: {exc}", last)
-        if not hmac.compare_digest(expected, stored or ""):
-            reason = "hash does not match the row's content: the row was modified"
-            if key is not None:
-                reason += " (or written with another chain key)"
-            return VerifyReport(False, checked, row_id, reason, last)
-        if mark is not None and row_id == mark.last_id:
-            seen_mark = True
-            if stored != mark.hash:
-                return VerifyReport(False, checked, row_id, "row differs from the checkpoint", last)
-        prev = stored
-        last = Checkpoint(last_id=row_id, hash=stored)
-    if mark is not None and not seen_mark:
-        end = last.last_id if last else 0
-        reason = (
-            f"log ends at row {end}, before checkpoint row {mark.last_id}: its tail was removed"
-        )
-        return VerifyReport(False, checked, end or None, reason, last)
-    return VerifyReport(True, checked, last=last)
-
-
-def checkpoint(database: peewee.Database | str | None = None) -> Checkpoint | None:
-    """Return the log's last row as a :class:`Checkpoint` (``None`` if empty).
-
-    Export it (``checkpoint.to_dict()``) to storage the writers of the log
-    cannot change; :func:`verify` with it detects a removed tail.
-    """
-    db, owned = open_database(database)
-    try:
-        row = db.execute_sql(  # type: ignore[no-untyped-call]
-            f"SELECT id, hash FROM {TABLE_NAME} ORDER BY id DESC LIMIT 1"
-        ).fetchone()
-    finally:
-        if owned:
-            close_database(db)
-    return None if row is None else Checkpoint(last_id=row[0], hash=row[1])

@@ -49,13 +49,25 @@ from typing import Any, Literal
 import attrs
 import peewee
 
+from .checkpoints import Checkpoint, CheckpointWriter, read_head
 from .database import close_database, database_origin, open_database
 from .errors import AuditError, AuditWriteError
 from .events import COLUMN_LIMITS, AuditEvent, dumps_details, event_type_value, fit_column
-from .integrity import CHAINED_FIELDS, GENESIS, canonical, link, resolve_key, row_payload
+from .integrity import (
+    CHAINED_FIELDS,
+    GENESIS,
+    canonical,
+    canonical_details,
+    key_id,
+    legacy_payload,
+    link,
+    resolve_key,
+    row_prefix,
+)
 from .model import (
     TABLE_NAME,
     AuditRecord,
+    compile_insert,
     create_schema,
     drop_guards,
     format_timestamp,
@@ -73,9 +85,9 @@ logger = logging.getLogger("auditaspect")
 
 Mode = Literal["sync", "buffered"]
 _MODES = ("sync", "buffered")
-# Column order of the compiled INSERT's rows (every column but the auto id).
-_COLUMNS = (*CHAINED_FIELDS, "details", "prev_hash", "hash")
-_HEAD_SQL = f"SELECT hash FROM {TABLE_NAME} ORDER BY id DESC LIMIT 1"
+# Column order of the compiled INSERT's rows.
+_COLUMNS = ("id", *CHAINED_FIELDS, "details", "prev_hash", "hash", "key_id")
+_HEAD_SQL = f"SELECT id, hash, key_id FROM {TABLE_NAME} ORDER BY id DESC LIMIT 1"
 # One advisory lock id for audit_log appends on PostgreSQL (stable across hosts).
 ADVISORY_LOCK_ID = zlib.crc32(b"auditaspect:audit_log")
 PROBE_INTERVAL = 1.0
@@ -139,7 +151,8 @@ class _Prepared:
             details = dumps_details(redactor.redact(event.details))
         self.scalars: tuple[str | None, ...] = scalars
         self.details = details
-        self.payload = canonical(self.scalars, details)
+        # What the link hashes after the row's id and key id (known under the lock).
+        self.payload = canonical(self.scalars, canonical_details(details))
 
     def redacted_event(self) -> AuditEvent:
         """The event as it would be stored (what may go to the spill file)."""
@@ -192,12 +205,15 @@ class _CompiledInsert:
 
     def __init__(self, database: peewee.Database) -> None:
         self._database = database
-        sentinels = {name: f"\x00auditaspect:{name}\x00" for name in _COLUMNS}
+        sentinels: dict[str, Any] = {name: f"\x00auditaspect:{name}\x00" for name in _COLUMNS}
+        sentinels["id"] = -7_294_019_357  # an integer column: an integer sentinel
         self._values: dict[Any, Any] = {getattr(AuditRecord, n): sentinels[n] for n in _COLUMNS}
         self._values[AuditRecord.details] = {"\x00auditaspect": "details"}
         sql, params = self._compile(1)
         by_value = {s: n for n, s in sentinels.items()}
-        order = [by_value.get(p, "details") if isinstance(p, str) else "details" for p in params]
+        order = [
+            by_value.get(p, "details") if isinstance(p, (str, int)) else "details" for p in params
+        ]
         if sorted(order) != sorted(_COLUMNS):  # pragma: no cover - a peewee we do not know
             raise RuntimeError(f"unexpected INSERT parameters for {TABLE_NAME}: {order}")
         self._sql: dict[int, str] = {1: sql}
@@ -219,9 +235,7 @@ class _CompiledInsert:
         )
 
     def _compile(self, rows: int) -> tuple[str, list[Any]]:
-        with self._database.bind_ctx([AuditRecord], bind_refs=False, bind_backrefs=False):
-            sql, params = AuditRecord.insert_many([self._values] * rows).sql()
-        return sql, params
+        return compile_insert(self._database, [self._values] * rows)
 
     def sql(self, rows: int) -> str:
         """The INSERT of ``rows`` rows (one of :attr:`CHUNKS`), compiled on first use."""
@@ -230,9 +244,11 @@ class _CompiledInsert:
             sql = self._sql[rows] = self._compile(rows)[0]
         return sql
 
-    def params(self, row: _Prepared, prev_hash: str, hash_: str) -> tuple[Any, ...]:
+    def params(
+        self, row_id: int, row: _Prepared, prev_hash: str, hash_: str, key: str
+    ) -> tuple[Any, ...]:
         details = row.details if self._wrap is None else self._wrap(row.details)
-        return self._order((*row.scalars, details, prev_hash, hash_))  # type: ignore[no-any-return]
+        return self._order((row_id, *row.scalars, details, prev_hash, hash_, key))  # type: ignore[no-any-return]
 
     def execute(self, cursor: Any, params: list[tuple[Any, ...]]) -> None:
         """Insert every row of ``params``: COPY on PostgreSQL (psycopg 3), else
@@ -277,6 +293,21 @@ class PeeweeSink:
 
     Buffered mode: ``batch_size`` events or ``flush_interval`` seconds make a
     batch; ``queue_size`` bounds the queue (callers wait when it is full).
+
+    The chain key: every row records which key chained it (``key_id``, a
+    fingerprint, never the key). :meth:`connect` raises
+    :class:`~auditaspect.AuditError` when the log's last row was chained with
+    another key (one writer without ``$AUDITASPECT_CHAIN_KEY`` among keyed
+    ones would make the log fail to verify with or without the key); pass
+    ``rotate_chain_key=True`` to continue the chain with a new key on purpose
+    (verify then needs both keys).
+
+    Signed checkpoints (needs ``auditaspect[signing]``): with ``signing_key``
+    (an Ed25519 private key, PEM or a path) and ``checkpoint_path`` and/or
+    ``on_checkpoint``, the sink appends a signed checkpoint of the committed
+    log after every ``checkpoint_every`` events, every
+    ``checkpoint_interval`` seconds even when idle, and at :meth:`close`
+    (:class:`~auditaspect.checkpoints.CheckpointWriter`).
     """
 
     def __init__(
@@ -293,6 +324,12 @@ class PeeweeSink:
         flush_interval: float = 0.05,
         queue_size: int = 10_000,
         handle_sigterm: bool = True,
+        rotate_chain_key: bool = False,
+        signing_key: Any = None,
+        checkpoint_path: str | os.PathLike[str] | None = None,
+        checkpoint_every: int = 1000,
+        checkpoint_interval: float | None = 60.0,
+        on_checkpoint: Callable[[Checkpoint], Any] | None = None,
     ) -> None:
         if mode not in _MODES:
             raise ValueError(f"mode must be 'sync' or 'buffered', not {mode!r}")
@@ -306,6 +343,12 @@ class PeeweeSink:
             None if event_types is None else frozenset(event_type_value(t) for t in event_types)
         )
         self._key = resolve_key(chain_key)
+        self._key_id = key_id(self._key)
+        self._rotate = rotate_chain_key
+        if (checkpoint_path is not None or on_checkpoint is not None) and signing_key is None:
+            raise ValueError(
+                "automatic checkpoints are signed: pass signing_key= (auditaspect keygen makes one)"
+            )
         self.database, self._owns_database = open_database(database)
         self.mode: Mode = mode
         self.strict = strict
@@ -341,6 +384,19 @@ class PeeweeSink:
         self._file_fd: int | None = None
         self._generation = 0
         self._local = threading.local()
+        self._checkpoints: CheckpointWriter | None = None
+        if signing_key is not None:
+            if self.database.database == ":memory:":
+                raise ValueError("automatic checkpoints need a database file, not ':memory:'")
+            self._checkpoints = CheckpointWriter(
+                self._read_head,
+                origin=origin,
+                signing_key=signing_key,
+                path=checkpoint_path,
+                every=checkpoint_every,
+                interval=checkpoint_interval,
+                on_checkpoint=on_checkpoint,
+            )
 
     def __repr__(self) -> str:
         return (
@@ -365,6 +421,7 @@ class PeeweeSink:
             try:
                 self._insert = _CompiledInsert(self.database)
                 self._create_schema()
+                self._check_key()
             except (peewee.OperationalError, peewee.InterfaceError, OSError) as exc:
                 # Unreachable or unwritable now (a read-only disk, a server
                 # down): run on the spill file and keep probing.
@@ -386,6 +443,8 @@ class PeeweeSink:
             for sig in self._signals():
                 sig.connect(self._receive, weak=False)
             self._connected = True
+            if self._checkpoints is not None:
+                self._checkpoints.start()
         self._spilled = self.spill.pending()
         self._replay_if_spilled()
         return self
@@ -406,6 +465,8 @@ class PeeweeSink:
         if writer is not None:
             writer.close()
         self._replay_if_spilled(force=True)
+        if self._checkpoints is not None:
+            self._checkpoints.close()
         _at_fork.discard(self)
         fd, self._file_fd = self._file_fd, None
         if fd is not None:
@@ -493,12 +554,33 @@ class PeeweeSink:
                 for row in rows:
                     last, stored = row[0], row[-1]
                     if stored is None:
-                        stored = link(prev, row_payload(row[1:11], row[11]), self._key)
+                        stored = link(prev, legacy_payload(row[1:11], row[11]), self._key)
                         db.execute_sql(update, (prev, stored, last))  # type: ignore[no-untyped-call]
                         sealed += 1
                     prev = stored
             install_guards(db)
         logger.info("chained %d audit rows written before schema version 2", sealed)
+
+    def _check_key(self) -> None:
+        """Refuse to write with a key other than the one that chained the log's last row."""
+        row = self.database.execute_sql(  # type: ignore[no-untyped-call]
+            f"SELECT key_id FROM {TABLE_NAME} ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        found = row[0] if row else None
+        if found is None or found == self._key_id:
+            return
+        if not self._rotate:
+            raise AuditError(_key_mismatch(found, self._key_id))
+        logger.warning("audit chain continues with key %s after key %s", self._key_id, found)
+
+    def _read_head(self) -> tuple[int, str]:
+        """The committed head, on this thread's own connection (for checkpoints)."""
+        with _at_fork.active():
+            try:
+                return read_head(self.database)
+            finally:
+                if threading.current_thread().name == "auditaspect-checkpoint":
+                    self._close_thread_connection()
 
     def _create_schema(self) -> None:
         if create_schema(self.database) == 1:
@@ -570,6 +652,8 @@ class PeeweeSink:
         self._stats_lock = threading.Lock()
         self._replayer = None
         self.spill.after_fork()
+        if self._checkpoints is not None:
+            self._checkpoints.after_fork()
 
     # -- receiving -----------------------------------------------------------
 
@@ -613,6 +697,11 @@ class PeeweeSink:
         try:
             prepared = self._prepare(events)
             self._store(prepared)
+        except _Deferred:
+            # Still only if the caller's transaction commits; then in a
+            # transaction of its own, which reads the current head.
+            self.database.after_commit(functools.partial(self._deliver, events))
+            return
         except Exception as exc:
             if (
                 len(events) > 1
@@ -625,6 +714,8 @@ class PeeweeSink:
             return
         with self._stats_lock:
             self.stats.written += len(events)
+        if self._checkpoints is not None:
+            self._checkpoints.note(len(events))
         if self._retry_at:
             self._retry_at = 0.0
             logger.info("audit database writable again")
@@ -712,11 +803,19 @@ class PeeweeSink:
                 _lock_append(cursor, joined=joined)
             cursor.execute(_HEAD_SQL)
             head = cursor.fetchone()
-            prev = head[0] if head and head[0] else GENESIS
+            if head is None:
+                last, prev = 0, GENESIS
+            else:
+                last, prev, head_key = head
+                if head_key is not None and head_key != self._key_id and not self._rotate:
+                    raise AuditError(_key_mismatch(head_key, self._key_id))
             params = []
+            mine = self._key_id
+            prefix = row_prefix
             for row in rows:
-                current = link(prev, row.payload, key)
-                params.append(insert.params(row, prev, current))
+                last += 1
+                current = link(prev, prefix(last, mine) + row.payload, key)
+                params.append(insert.params(last, row, prev, current, mine))
                 prev = current
             insert.execute(cursor, params)
 
@@ -899,18 +998,37 @@ class PeeweeSink:
             logger.warning("spilled audit events stay in %s for now: %s", self.spill.path, exc)
 
 
+class _Deferred(Exception):
+    """The caller's PostgreSQL transaction is REPEATABLE READ or SERIALIZABLE."""
+
+
+def _key_mismatch(found: str, mine: str) -> str:
+    return (
+        f"audit_log is chained with key {found}, this sink's is {mine}: set "
+        "AUDITASPECT_CHAIN_KEY (or chain_key=) to the log's key, or pass "
+        "rotate_chain_key=True to continue the chain with a new key"
+    )
+
+
 def _lock_append(cursor: Any, *, joined: bool) -> None:
     """Take PostgreSQL's append lock, waiting at most LOCK_TIMEOUT (then the write spills).
 
     Without a bound, a sync write inside a long application transaction
     holds the lock and every other process's audited call waits for it.
     Inside the caller's transaction the caller's own lock_timeout comes back
-    afterwards.
+    afterwards. Raises :class:`_Deferred` (taking no lock) inside a
+    transaction that is not READ COMMITTED.
     """
     previous = None
     if joined:
-        cursor.execute("SELECT current_setting('lock_timeout')")
-        previous = cursor.fetchone()[0]
+        cursor.execute(
+            "SELECT current_setting('lock_timeout'), current_setting('transaction_isolation')"
+        )
+        previous, isolation = cursor.fetchone()
+        if isolation != "read committed":
+            # Its snapshot predates rows other writers committed since: the
+            # head it would read is stale. Write when it has committed.
+            raise _Deferred
     cursor.execute(
         "SELECT set_config('lock_timeout', %s, true), pg_advisory_xact_lock(%s)",
         (LOCK_TIMEOUT, ADVISORY_LOCK_ID),

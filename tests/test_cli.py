@@ -186,7 +186,9 @@ def test_verify_exit_status_and_checkpoints(log, tmp_path):
     conn.close()
     broken = run("verify", "--db", log)
     assert 1 == broken.returncode
-    assert broken.stdout.startswith("BROKEN at row 2:")
+    assert broken.stdout.startswith("BROKEN: 2 break(s) in 4 rows checked\n")
+    assert "  modified: row 2: the row's content does not match its hash" in broken.stdout
+    assert "  schema: append-only triggers removed: ['audit_log_no_update']" in broken.stdout
 
 
 @pytest.mark.parametrize(
@@ -198,7 +200,7 @@ def test_verify_exit_status_and_checkpoints(log, tmp_path):
         (["--db", "mongodb://h/db", "query"], "cannot open mongodb://h/db"),
         (["--db", "sqlite:///missing.db", "stats"], "no database file 'missing.db'"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
-        (["verify", "--checkpoint", "nope.json"], "cannot read checkpoint nope.json"),
+        (["verify", "--checkpoint", "nope.json"], "checkpoint file nope.json does not exist"),
     ],
 )
 def test_user_mistakes_print_one_line_and_exit_2(log, tmp_path, args, message):

@@ -7,10 +7,12 @@ import json
 import sqlite3
 from pathlib import Path
 
+import peewee
 import pytest
 
 from auditaspect import AuditEvent, Checkpoint, PeeweeSink, checkpoint, emit, verify
-from auditaspect.integrity import GENESIS, link, resolve_key, row_payload
+from auditaspect.integrity import GENESIS, key_id, link, resolve_key, row_payload, row_prefix
+from auditaspect.model import install_guards
 
 
 def write_events(url: str, count: int, **sink_options) -> None:
@@ -28,16 +30,25 @@ def log(tmp_path) -> tuple[str, Path]:
     return url, path
 
 
-def tamper(path: Path, *statements: str) -> None:
-    """What an attacker with file access does: drop the triggers, then edit."""
+def tamper(path: Path, *statements: str, cover: bool = False) -> None:
+    """What an attacker with file access does: drop the triggers, then edit
+    (and, with ``cover``, put the triggers back to hide it)."""
     conn = sqlite3.connect(path, isolation_level=None)
     try:
-        conn.execute("DROP TRIGGER audit_log_no_update")
-        conn.execute("DROP TRIGGER audit_log_no_delete")
+        for name in ("audit_log_no_update", "audit_log_no_delete", "audit_log_append"):
+            conn.execute(f"DROP TRIGGER {name}")
         for statement in statements:
             conn.execute(statement)
     finally:
         conn.close()
+    if cover:
+        put_back_triggers(path)
+
+
+def put_back_triggers(path: Path) -> None:
+    db = peewee.SqliteDatabase(str(path))
+    install_guards(db)
+    db.close()
 
 
 def test_an_untouched_log_verifies(log):
@@ -57,11 +68,12 @@ def test_an_untouched_log_verifies(log):
 def test_modified_row_is_found(log):
     """Changing one value of one row breaks that row."""
     url, path = log
-    tamper(path, "UPDATE audit_log SET actor = 'mallory' WHERE id = 3")
+    tamper(path, "UPDATE audit_log SET actor = 'mallory' WHERE id = 3", cover=True)
     report = verify(url)
     assert (False, 3) == (report.ok, report.bad_id)
     assert "modified" in report.reason
-    assert 2 == report.last.last_id
+    assert {"modified": 1} == report.counts  # one break: the rows after it still verify
+    assert 6 == report.last.last_id
 
 
 def test_modified_details_are_found(log):
@@ -74,10 +86,11 @@ def test_modified_details_are_found(log):
 def test_deleted_row_is_found(log):
     """Removing a row breaks the link of the row after it."""
     url, path = log
-    tamper(path, "DELETE FROM audit_log WHERE id = 4")
+    tamper(path, "DELETE FROM audit_log WHERE id = 4", cover=True)
     report = verify(url)
     assert (False, 5) == (report.ok, report.bad_id)
-    assert "removed, inserted or reordered" in report.reason
+    assert "row 4 missing (removed)" in report.reason
+    assert {"missing": 1} == report.counts
 
 
 def test_inserted_row_is_found(log):
@@ -112,11 +125,12 @@ def _rehash_all(path: Path, key: bytes | None) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     rows = conn.execute(
         "SELECT id, event_id, timestamp, event_type, outcome, actor, plan_id, ip,"
-        " correlation_id, target, error, details FROM audit_log ORDER BY id"
+        " correlation_id, target, error, details, key_id FROM audit_log ORDER BY id"
     ).fetchall()
     prev = GENESIS
     for row in rows:
-        current = link(prev, row_payload(row[1:11], row[11]), key)
+        # The key id stays what it was: the forger claims the real key.
+        current = link(prev, row_prefix(row[0], row[12]) + row_payload(row[1:11], row[11]), key)
         conn.execute(
             "UPDATE audit_log SET prev_hash = ?, hash = ? WHERE id = ?", (prev, current, row[0])
         )
@@ -129,6 +143,7 @@ def test_unkeyed_chain_is_only_as_strong_as_write_access(log):
     url, path = log
     tamper(path, "UPDATE audit_log SET actor = 'mallory' WHERE id = 3")
     _rehash_all(path, None)
+    put_back_triggers(path)
     assert verify(url).ok
 
 
@@ -141,9 +156,11 @@ def test_keyed_chain_rejects_a_rewrite_without_the_key(tmp_path):
     assert not verify(url).ok  # the key is needed to verify at all
     tamper(path, "UPDATE audit_log SET actor = 'mallory' WHERE id = 2")
     _rehash_all(path, b"attacker-guess")
+    put_back_triggers(path)
     report = verify(url, chain_key="s3cret-chain-key")
     assert (False, 1) == (report.ok, report.bad_id)
-    assert "another chain key" in report.reason
+    assert "without the chain key" in report.reason
+    assert {"modified": 5} == report.counts
 
 
 def test_chain_key_from_the_environment(tmp_path, monkeypatch):
@@ -164,13 +181,13 @@ def test_checkpoint_detects_a_cut_off_tail(log):
     assert isinstance(mark, Checkpoint)
     assert 6 == mark.last_id
     exported = json.loads(json.dumps(mark.to_dict()))
-    tamper(path, "DELETE FROM audit_log WHERE id >= 5")
+    tamper(path, "DELETE FROM audit_log WHERE id >= 5", cover=True)
     assert verify(url).ok
     report = verify(url, checkpoint=exported)
     assert not report.ok
     assert "tail was removed" in report.reason
     assert verify(url, checkpoint=Checkpoint(last_id=3, hash=mark.hash)).reason == (
-        "row differs from the checkpoint"
+        "row differs from the checkpoint made of it: the log was rewritten"
     )
 
 
@@ -185,11 +202,15 @@ def test_checkpoint_of_a_growing_log_still_verifies(log):
 
 
 def test_checkpoint_of_an_empty_log_and_bad_checkpoints(tmp_path):
-    """An empty log has no checkpoint; a malformed one is a ValueError."""
+    """An empty log has the empty checkpoint, which it extends; a malformed one is a ValueError."""
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     with PeeweeSink(url):
         pass
-    assert checkpoint(url) is None
+    empty = checkpoint(url)
+    assert Checkpoint(last_id=0, hash=GENESIS) == empty
+    assert verify(url, checkpoint=empty).ok
+    write_events(url, 2)
+    assert verify(url, checkpoint=empty).ok
     with pytest.raises(ValueError, match="last_id and hash"):
         Checkpoint.from_dict({"hash": "x"})
 
@@ -204,10 +225,11 @@ def test_missing_table_is_reported_not_raised(tmp_path):
 def test_unreadable_row_is_reported(log):
     """A row whose details are not JSON is reported as broken, not raised."""
     url, path = log
-    tamper(path, "UPDATE audit_log SET details = 'not json' WHERE id = 2")
+    tamper(path, "UPDATE audit_log SET details = 'not json' WHERE id = 2", cover=True)
     report = verify(url)
     assert (False, 2) == (report.ok, report.bad_id)
-    assert report.reason.startswith("row cannot be read")
+    assert report.reason.startswith("the row cannot be read")
+    assert {"unreadable": 1} == report.counts
 
 
 def test_chain_spans_buffered_batches_and_hand_written_events(tmp_path):

@@ -31,6 +31,7 @@ def test_schema_has_the_event_columns_and_indexes(sink):
         "error",
         "prev_hash",
         "hash",
+        "key_id",
     ] == columns
     indexed = {tuple(ix.columns) for ix in db.get_indexes("audit_log")}
     for column in ("timestamp", "event_type", "actor", "plan_id", "event_id"):
@@ -68,8 +69,10 @@ def test_model_refuses_update_and_delete(sink):
     assert "alice" == AuditRecord.get().actor
 
 
-def test_model_can_insert_new_rows(sink):
-    """save() of a new row inserts it (append is allowed)."""
+def test_model_refuses_every_insert(sink):
+    """create(), save(), insert(), insert_many(), insert_from(), replace() and
+    on_conflict_*() are refused: a row written around the sink has no chain
+    link (issue 12, case 6)."""
     record = AuditRecord(
         event_id="manual-1",
         timestamp=datetime(2026, 1, 1, tzinfo=timezone.utc),
@@ -78,10 +81,22 @@ def test_model_can_insert_new_rows(sink):
         target="t",
         details={"a": 1},
     )
-    assert 1 == record.save()
-    fetched = AuditRecord.get(AuditRecord.event_id == "manual-1")
-    assert datetime(2026, 1, 1, tzinfo=timezone.utc) == fetched.timestamp
-    assert {"a": 1} == fetched.details
+    attempts = [
+        record.save,
+        lambda: record.save(force_insert=True),
+        lambda: AuditRecord.create(event_id="m2", event_type="x"),
+        lambda: AuditRecord.insert(event_id="m3").on_conflict_replace(),
+        lambda: AuditRecord.insert(event_id="m3").on_conflict_ignore(),
+        lambda: AuditRecord.insert_many([{"event_id": "m4"}]),
+        lambda: AuditRecord.insert_from(AuditRecord.select(), [AuditRecord.event_id]),
+        lambda: AuditRecord.bulk_create([record]),
+        lambda: AuditRecord.get_or_create(event_id="m5"),
+        lambda: AuditRecord.replace(event_id="x"),
+    ]
+    for attempt in attempts:
+        with pytest.raises(AppendOnlyError, match="append-only"):
+            attempt()
+    assert 0 == AuditRecord.select().count()
 
 
 def test_database_triggers_refuse_raw_update_and_delete(sink, tmp_path):

@@ -1,0 +1,421 @@
+"""Nothing forged unseen (issue 12): each forgery a review found, on real SQLite files.
+
+Every case here failed before schema version 3: the database accepted the
+forgery, or verify() did not see it, or raised, or reported a false alarm.
+The PostgreSQL cases are in test_postgres.py; the full matrix of attacks is
+test_tamper_matrix.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import peewee
+import pytest
+
+from auditaspect import AuditError, AuditRecord, PeeweeSink, emit, verify
+from auditaspect.integrity import GENESIS, UNKEYED, key_id, link, row_payload, row_prefix
+from auditaspect.model import install_guards
+
+GUARDS = ("audit_log_no_update", "audit_log_no_delete", "audit_log_append")
+COPY = (
+    "event_id, timestamp, event_type, outcome, actor, plan_id, ip, correlation_id, target,"
+    " details, error, prev_hash, hash, key_id"
+)
+
+
+def write(url: str, count: int, **options) -> None:
+    with PeeweeSink(url, **options):
+        for i in range(count):
+            emit("config_changed", key=f"k{i}", new_value=i)
+
+
+@pytest.fixture
+def log(tmp_path) -> tuple[str, Path]:
+    path = tmp_path / "log.db"
+    url = f"sqlite:///{path}"
+    write(url, 5)
+    return url, path
+
+
+def sql(path: Path, *statements: str, drop: bool = False, cover: bool = False) -> None:
+    """Run statements on a connection of its own, as anyone with the file can."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        if drop:
+            for name in GUARDS:
+                conn.execute(f"DROP TRIGGER {name}")
+        for statement in statements:
+            conn.execute(statement)
+    finally:
+        conn.close()
+    if cover:  # put the triggers back, as an attacker hiding the edit would
+        db = peewee.SqliteDatabase(str(path))
+        install_guards(db)
+        db.close()
+
+
+def forged_copy(source_id: int, new_id: int, event_id: str = "forged") -> str:
+    """An INSERT of a copy of one row under another id and event id."""
+    columns = COPY.replace("event_id, ", "")
+    return (
+        f"INSERT INTO audit_log (id, event_id, {columns}) "
+        f"SELECT {new_id}, '{event_id}', {columns} FROM audit_log WHERE id = {source_id}"
+    )
+
+
+def count(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT count(*) FROM audit_log").fetchone()[0]
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("row_id", [0, -1, -(2**63)])
+def test_rows_with_id_at_most_zero_are_refused_and_seen(log, row_id):
+    """Case 1: a plain INSERT with id <= 0 is refused by the database; one
+    slipped in with the triggers dropped is read and reported by verify."""
+    url, path = log
+    with pytest.raises(sqlite3.IntegrityError, match="next id of the sequence"):
+        sql(path, forged_copy(3, row_id))
+    sql(path, forged_copy(3, row_id), drop=True, cover=True)
+    report = verify(url)
+    assert 6 == report.rows_checked == count(path)
+    assert (False, row_id) == (report.ok, report.bad_id)
+    assert {"outside-sequence": 1} == report.counts
+
+
+def test_a_huge_id_is_refused_and_cannot_capture_the_chain(log):
+    """Case 2: one INSERT with id 2**63-1 is refused; slipped in with the
+    triggers dropped, it is the row verify blames, and later writes spill
+    instead of chaining from it."""
+    url, path = log
+    with pytest.raises(sqlite3.IntegrityError, match="next id of the sequence"):
+        sql(path, forged_copy(5, 2**63 - 1))
+    sql(path, forged_copy(5, 2**63 - 1), drop=True, cover=True)
+    with PeeweeSink(url, spill_path=path.with_suffix(".spill")) as sink:
+        emit("config_changed", key="after")
+        assert (0, 1) == (sink.stats.written, sink.stats.spilled)
+    report = verify(url)
+    assert (False, 2**63 - 1) == (report.ok, report.bad_id)
+    assert {"missing": 1, "modified": 1} == report.counts
+    assert all(b.id == 2**63 - 1 for b in report.breaks)
+    assert "or this row's id was forged" in report.reason
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "2026-01-01T14:00:00.000000+14:00",  # the same instant at another offset
+        "2026-01-01 00:00:00.000000+00:00",
+        "2026-01-01~00:00:00.000000+00:00",
+        "2026-01-01T00:00:00+00:00",
+    ],
+)
+def test_a_re_spelled_timestamp_is_refused_and_reported(log, spelling):
+    """Case 3: the database stores one spelling only; verify reports another."""
+    url, path = log
+    good = "2026-01-01T00:00:00.000000+00:00"
+    insert = forged_copy(5, 6).replace(
+        "SELECT 6, 'forged', timestamp", f"SELECT 6, 'forged', '{spelling}'"
+    )
+    with pytest.raises(sqlite3.IntegrityError, match="timestamp not in the stored form"):
+        sql(path, insert)
+    sql(path, f"UPDATE audit_log SET timestamp = '{spelling}' WHERE id = 2", drop=True, cover=True)
+    report = verify(url)
+    assert (False, 2) == (report.ok, report.bad_id)
+    if spelling != good:
+        assert "non-canonical" in report.counts or "unreadable" in report.counts
+
+
+def test_duplicate_keys_in_details_are_reported(log):
+    """Case 4: {"new_value":1,"new_value":365} reads 1 in SQL and 365 in Python:
+    verify reports the row instead of hashing the value Python keeps."""
+    url, path = log
+    conn = sqlite3.connect(path)
+    original = conn.execute("SELECT details FROM audit_log WHERE id = 2").fetchone()[0]
+    conn.close()
+    assert '"new_value":1' in original
+    doubled = original.replace('"new_value":1', '"new_value":365,"new_value":1')
+    sql(path, f"UPDATE audit_log SET details = '{doubled}' WHERE id = 2", drop=True, cover=True)
+    conn = sqlite3.connect(path)
+    assert (
+        365
+        == conn.execute(
+            "SELECT json_extract(details, '$.new_value') FROM audit_log WHERE id = 2"
+        ).fetchone()[0]
+    )
+    conn.close()
+    report = verify(url)
+    assert (False, 2, {"non-canonical": 1}) == (report.ok, report.bad_id, report.counts)
+    assert "repeat the key 'new_value'" in report.reason
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        # conflicts on the id: REPLACE would delete row 3 without a DELETE trigger
+        "INSERT OR REPLACE INTO audit_log (id, "
+        + COPY
+        + ") SELECT 3, "
+        + COPY
+        + " FROM audit_log WHERE id = 3",
+        # conflicts on the event_id, with the next id
+        "REPLACE INTO audit_log (id, "
+        + COPY
+        + ") SELECT 6, "
+        + COPY
+        + " FROM audit_log WHERE id = 3",
+    ],
+)
+def test_insert_or_replace_is_refused(log, statement):
+    """Case 5: INSERT OR REPLACE cannot rewrite a row with the triggers in place."""
+    url, path = log
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        sql(path, statement)
+    assert 5 == count(path)
+    assert verify(url).ok
+
+
+def test_an_added_column_and_renumbered_ids_are_reported(log):
+    """Case 5: adding a column, or renumbering every id, no longer verifies OK."""
+    url, path = log
+    sql(path, "ALTER TABLE audit_log ADD COLUMN note TEXT")
+    report = verify(url)
+    assert (False, {"schema": 1}) == (report.ok, report.counts)
+    assert "note" in report.reason
+
+    renumbered = tmp = path.with_name("renumbered.db")
+    write(f"sqlite:///{tmp}", 4)
+    sql(renumbered, "UPDATE audit_log SET id = id + 10", drop=True, cover=True)
+    report = verify(f"sqlite:///{tmp}")
+    assert (False, 11) == (report.ok, report.bad_id)
+    assert report.counts["modified"] == 4  # each row's id is in its hash
+
+
+def test_records_cannot_be_created_around_the_sink(log):
+    """Case 6: AuditRecord.create() is refused (no unchained row), the log still verifies."""
+    url, _ = log
+    from auditaspect import AppendOnlyError
+
+    with PeeweeSink(url):
+        with pytest.raises(AppendOnlyError, match="append-only"):
+            AuditRecord.create(
+                event_id="x", event_type="x", outcome="success", target="", details={}
+            )
+    assert verify(url).ok
+
+
+def test_a_writer_with_another_key_is_refused_at_connect(tmp_path, monkeypatch):
+    """Case 9: a writer without (or with another) chain key among keyed writers
+    refuses to connect with one line naming both key ids, never the keys."""
+    url = f"sqlite:///{tmp_path / 'keyed.db'}"
+    write(url, 2, chain_key="the-real-key")
+    for other in (None, "another-key"):
+        monkeypatch.delenv("AUDITASPECT_CHAIN_KEY", raising=False)
+        with pytest.raises(AuditError) as caught:
+            PeeweeSink(url, chain_key=other).connect()
+        message = str(caught.value)
+        assert 1 == len(message.splitlines())
+        assert key_id(b"the-real-key") in message
+        assert "the-real-key" not in message and "another-key" not in message
+        assert "AUDITASPECT_CHAIN_KEY" in message
+    conn = sqlite3.connect(tmp_path / "keyed.db")
+    assert {(key_id(b"the-real-key"),)} == set(conn.execute("SELECT key_id FROM audit_log"))
+    conn.close()
+    assert verify(url, chain_key="the-real-key").ok
+
+
+def test_a_key_rotation_is_explicit_and_verifies_with_both_keys(tmp_path):
+    """rotate_chain_key=True continues the chain with a new key; verify needs both."""
+    url = f"sqlite:///{tmp_path / 'rotated.db'}"
+    write(url, 2, chain_key="old-key")
+    write(url, 2, chain_key="new-key", rotate_chain_key=True)
+    assert verify(url, chain_key=["old-key", "new-key"]).ok
+    report = verify(url, chain_key="new-key")
+    assert (False, 1, {"unknown-key": 2}) == (report.ok, report.bad_id, report.counts)
+
+
+def test_an_unkeyed_row_in_a_keyed_log_is_reported(tmp_path):
+    """A forger without the key who appends a valid SHA-256 link (key id
+    "sha256") is reported: the verifier's keyring decides which ids count."""
+    path = tmp_path / "keyed.db"
+    url = f"sqlite:///{path}"
+    write(url, 3, chain_key="k")
+    conn = sqlite3.connect(path, isolation_level=None)
+    row = conn.execute(
+        "SELECT event_id, timestamp, event_type, outcome, actor, plan_id, ip, correlation_id,"
+        " target, error, details, hash FROM audit_log WHERE id = 3"
+    ).fetchone()
+    values = ("forged-event", *row[1:10])
+    forged = link(row[11], row_prefix(4, UNKEYED) + row_payload(values, row[10]), None)
+    conn.execute(
+        "INSERT INTO audit_log (id, event_id, timestamp, event_type, outcome, actor, plan_id, ip,"
+        " correlation_id, target, error, details, prev_hash, hash, key_id)"
+        " VALUES (4, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (*values, row[10], row[11], forged, UNKEYED),
+    )
+    conn.close()
+    report = verify(url, chain_key="k")
+    assert (False, 4, {"unknown-key": 1}) == (report.ok, report.bad_id, report.counts)
+    assert "without a key" in report.reason
+
+
+def test_verify_reports_every_break_and_goes_on(tmp_path):
+    """Case 10: after a break the rest is still checked; every break is counted,
+    the first 100 described."""
+    path = tmp_path / "many.db"
+    url = f"sqlite:///{path}"
+    write(url, 400)
+    sql(path, "UPDATE audit_log SET actor = 'x' WHERE id % 3 = 0", drop=True, cover=True)
+    report = verify(url)
+    assert 400 == report.rows_checked
+    assert {"modified": 133} == report.counts
+    assert 133 == report.total_breaks
+    assert 100 == len(report.breaks)
+    assert [3, 6, 9] == [b.id for b in report.breaks[:3]]
+
+
+def test_deeply_nested_details_are_reported_not_raised(log):
+    """Case 10: details nested 100,000 deep raise RecursionError in json: reported."""
+    url, path = log
+    deep = "[" * 100_000 + "]" * 100_000
+    sql(path, f"UPDATE audit_log SET details = '{deep}' WHERE id = 4", drop=True, cover=True)
+    report = verify(url)
+    assert (False, 4, {"unreadable": 1}) == (report.ok, report.bad_id, report.counts)
+    assert "nested too deeply" in report.reason
+
+
+def test_a_corrupt_page_is_reported_not_raised(tmp_path):
+    """Case 10: a damaged page of the file is an 'unreadable' break, and the
+    command line prints it and exits 1, never a traceback."""
+    path = tmp_path / "corrupt.db"
+    url = f"sqlite:///{path}"
+    with PeeweeSink(url):
+        for i in range(300):
+            emit("config_changed", key=f"k{i}", padding="p" * 400)
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.close()
+    with open(path, "r+b") as handle:  # scribble over a leaf page in the middle
+        handle.seek(page_size * (pages // 2))
+        handle.write(b"\xff" * page_size)
+    report = verify(url)
+    assert not report.ok
+    assert "unreadable" in report.counts, report.breaks
+    result = subprocess.run(
+        [sys.executable, "-m", "auditaspect", "verify", "--db", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert 1 == result.returncode, result.stderr
+    assert "unreadable" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_upgrade_from_version_2_keeps_rows_and_chain(tmp_path):
+    """v2 -> v3 with playhouse.migrate: old rows keep their links (verified in
+    their own form), ids with gaps are renumbered, new rows chain on."""
+    path = tmp_path / "v2.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(V2_SCHEMA)
+    prev = GENESIS
+    for number, row_id in enumerate((1, 2, 5, 9), 1):  # gaps, as a PostgreSQL sequence leaves
+        values = (
+            f"e{number}",
+            "2026-01-0%dT00:00:00.000000+00:00" % number,
+            "x",
+            "success",
+            "alice",
+            None,
+            None,
+            None,
+            "t",
+            None,
+        )
+        details = '{"n":%d}' % number
+        from auditaspect.integrity import legacy_payload
+
+        current = link(prev, legacy_payload(values, details), None)
+        conn.execute(
+            "INSERT INTO audit_log (id, event_id, timestamp, event_type, outcome, actor, plan_id,"
+            " ip, correlation_id, target, error, details, prev_hash, hash)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (row_id, *values, details, prev, current),
+        )
+        prev = current
+    conn.execute("INSERT INTO audit_log_schema (version) VALUES (2)")
+    conn.close()
+    url = f"sqlite:///{path}"
+    write(url, 2)
+    conn = sqlite3.connect(path)
+    ids = [r[0] for r in conn.execute("SELECT id FROM audit_log ORDER BY id")]
+    keys = [r[0] for r in conn.execute("SELECT key_id FROM audit_log ORDER BY id")]
+    version = conn.execute("SELECT max(version) FROM audit_log_schema").fetchone()[0]
+    conn.close()
+    assert ([1, 2, 3, 4, 5, 6], 3) == (ids, version)
+    assert [None] * 4 + [UNKEYED] * 2 == keys
+    assert verify(url).ok
+    # A forger may not write a row in the old form after new ones.
+    sql(
+        path,
+        forged_copy(2, 7, "old-form").replace("key_id FROM", "NULL FROM"),
+        drop=True,
+        cover=True,
+    )
+    report = verify(url)
+    assert (False, 7) == (report.ok, report.bad_id)
+
+
+V2_SCHEMA = """
+CREATE TABLE audit_log (id INTEGER NOT NULL PRIMARY KEY, event_id VARCHAR(64) NOT NULL,
+    timestamp TIMESTAMPTZ NOT NULL, event_type VARCHAR(128) NOT NULL, outcome VARCHAR(16) NOT NULL,
+    actor TEXT, plan_id TEXT, ip TEXT, correlation_id TEXT, target TEXT NOT NULL,
+    details JSON NOT NULL, error TEXT, prev_hash VARCHAR(64), hash VARCHAR(64));
+CREATE UNIQUE INDEX audit_log_event_id ON audit_log (event_id);
+CREATE TABLE audit_log_schema (id INTEGER NOT NULL PRIMARY KEY, version INTEGER NOT NULL);
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'audit_log is append-only: UPDATE refused'); END;
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'audit_log is append-only: DELETE refused'); END;
+"""
+
+
+def test_verify_cli_prints_breaks_escaped(log):
+    """Break descriptions carry stored text: the command line escapes control characters."""
+    url, path = log
+    sql(
+        path,
+        "UPDATE audit_log SET timestamp = 'x' || char(27) || '[2J' WHERE id = 2",
+        drop=True,
+        cover=True,
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "auditaspect", "verify", "--db", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert 1 == result.returncode
+    assert "\x1b" not in result.stdout
+    assert "\\x1b" in result.stdout
+
+
+def test_env_key_is_not_needed_to_read_key_ids(log):
+    """Key ids are stored; the keys never are."""
+    url, path = log
+    conn = sqlite3.connect(path)
+    stored = {r[0] for r in conn.execute("SELECT key_id FROM audit_log")}
+    conn.close()
+    assert {UNKEYED} == stored
+    assert os.environ.get("AUDITASPECT_CHAIN_KEY") is None
+    assert json.dumps(sorted(stored))
