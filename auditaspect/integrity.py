@@ -46,6 +46,7 @@ __all__ = [
     "canonical",
     "canonical_details",
     "key_id",
+    "legacy_alternative",
     "legacy_payload",
     "link",
     "parse_details",
@@ -199,3 +200,26 @@ def legacy_payload(values: Sequence[Any], details: Any) -> bytes:
     scalars[1] = _stamp(scalars[1])
     parsed = parse_details(details) if isinstance(details, (str, bytes)) else details
     return canonical(scalars, dumps_details(parsed))
+
+
+def _as_floats(value: Any) -> Any:
+    kind = type(value)
+    if kind is int and abs(value) >= 10**16:
+        as_float = float(value)
+        return as_float if _number(as_float) == value else value
+    if kind is dict:
+        return {k: _as_floats(v) for k, v in value.items()}
+    if kind is list:
+        return [_as_floats(v) for v in value]
+    return value
+
+
+def legacy_alternative(values: Sequence[Any], details: Any) -> bytes | None:
+    """For a pre-version-3 row read back from JSONB: the payload as written when
+    its large integers were floats (JSONB turned ``1e+16`` into an integer
+    before version 3 hashed numbers in that form); ``None`` if it has none."""
+    parsed = parse_details(details) if isinstance(details, (str, bytes)) else details
+    changed = _as_floats(parsed)
+    if changed == parsed and dumps_details(changed) == dumps_details(parsed):
+        return None
+    return legacy_payload(values, changed)

@@ -348,7 +348,10 @@ def create_schema(database: peewee.Database) -> int:
             )
         if found and found < SCHEMA_VERSION:
             _upgrade(database, found)
-        database.create_tables(models, safe=True)
+        if found != SCHEMA_VERSION:
+            # Only when something is missing: a role that may only SELECT and
+            # INSERT (the documented writer) must be able to connect.
+            database.create_tables(models, safe=True)
         present = installed_guards(database)
         if len(present) < len(guard_names(database)):
             if found == SCHEMA_VERSION:

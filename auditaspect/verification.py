@@ -39,6 +39,7 @@ from .integrity import (
     UNKEYED,
     KeyLike,
     key_id,
+    legacy_alternative,
     legacy_payload,
     link,
     resolve_keys,
@@ -404,7 +405,9 @@ def _check_content(
         return f"unreadable|the row cannot be read: {text}"
     except (TypeError, RecursionError, UnicodeError) as exc:
         return f"unreadable|the row cannot be read: {exc}"
-    if not hmac.compare_digest(link(prev_hash, payload, key), stored):
+    if not _same(link(prev_hash, payload, key), stored) and not (
+        row_key is None and _legacy_float_match(values, details, prev_hash, stored, key)
+    ):
         if key is None:
             return "modified|the row's content does not match its hash: it was modified"
         return (
@@ -412,3 +415,18 @@ def _check_content(
             "(or written by someone without the chain key)"
         )
     return None
+
+
+def _legacy_float_match(
+    values: Sequence[Any], details: Any, prev_hash: str, stored: str, key: bytes | None
+) -> bool:
+    try:
+        payload = legacy_alternative(values, details)
+    except (ValueError, TypeError, RecursionError):
+        return False
+    return payload is not None and _same(link(prev_hash, payload, key), stored)
+
+
+def _same(expected: str, stored: str) -> bool:
+    """Constant-time comparison that any stored text (not only ASCII) can go through."""
+    return hmac.compare_digest(expected.encode(), stored.encode("utf-8", "surrogatepass"))

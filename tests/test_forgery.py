@@ -204,11 +204,8 @@ def test_records_cannot_be_created_around_the_sink(log):
     url, _ = log
     from auditaspect import AppendOnlyError
 
-    with PeeweeSink(url):
-        with pytest.raises(AppendOnlyError, match="append-only"):
-            AuditRecord.create(
-                event_id="x", event_type="x", outcome="success", target="", details={}
-            )
+    with PeeweeSink(url), pytest.raises(AppendOnlyError, match="append-only"):
+        AuditRecord.create(event_id="x", event_type="x", outcome="success", target="", details={})
     assert verify(url).ok
 
 
@@ -224,7 +221,8 @@ def test_a_writer_with_another_key_is_refused_at_connect(tmp_path, monkeypatch):
         message = str(caught.value)
         assert 1 == len(message.splitlines())
         assert key_id(b"the-real-key") in message
-        assert "the-real-key" not in message and "another-key" not in message
+        assert "the-real-key" not in message
+        assert "another-key" not in message
         assert "AUDITASPECT_CHAIN_KEY" in message
     conn = sqlite3.connect(tmp_path / "keyed.db")
     assert {(key_id(b"the-real-key"),)} == set(conn.execute("SELECT key_id FROM audit_log"))
@@ -332,7 +330,7 @@ def test_upgrade_from_version_2_keeps_rows_and_chain(tmp_path):
     for number, row_id in enumerate((1, 2, 5, 9), 1):  # gaps, as a PostgreSQL sequence leaves
         values = (
             f"e{number}",
-            "2026-01-0%dT00:00:00.000000+00:00" % number,
+            f"2026-01-0{number}T00:00:00.000000+00:00",
             "x",
             "success",
             "alice",
@@ -342,7 +340,7 @@ def test_upgrade_from_version_2_keeps_rows_and_chain(tmp_path):
             "t",
             None,
         )
-        details = '{"n":%d}' % number
+        details = f'{{"n":{number}}}'
         from auditaspect.integrity import legacy_payload
 
         current = link(prev, legacy_payload(values, details), None)
@@ -412,7 +410,7 @@ def test_verify_cli_prints_breaks_escaped(log):
 
 def test_env_key_is_not_needed_to_read_key_ids(log):
     """Key ids are stored; the keys never are."""
-    url, path = log
+    _, path = log
     conn = sqlite3.connect(path)
     stored = {r[0] for r in conn.execute("SELECT key_id FROM audit_log")}
     conn.close()

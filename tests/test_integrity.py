@@ -11,7 +11,7 @@ import peewee
 import pytest
 
 from auditaspect import AuditEvent, Checkpoint, PeeweeSink, checkpoint, emit, verify
-from auditaspect.integrity import GENESIS, key_id, link, resolve_key, row_payload, row_prefix
+from auditaspect.integrity import GENESIS, link, resolve_key, row_payload, row_prefix
 from auditaspect.model import install_guards
 
 

@@ -13,6 +13,8 @@ import time
 
 import peewee
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from auditaspect import (
     AuditEvent,
@@ -267,3 +269,210 @@ def test_more_threads_than_pooled_connections_wait_instead_of_spilling(pg_url):
         assert 0 == sink.stats.spilled
         assert 640 == sink.stats.written
     assert verify(pg_url).ok
+
+
+# -- nothing forged unseen (issue 12) -------------------------------------------------------
+
+WRITER_ROLE = "auditaspect_test_writer"
+
+
+@pytest.fixture
+def writer_url(pg_url):
+    """The documented least-privilege writer role: SELECT and INSERT on audit_log."""
+    with PeeweeSink(pg_url) as sink:  # the owner creates the schema
+        for i in range(3):
+            emit("config_changed", key=f"k{i}")
+        db = sink.database
+        db.execute_sql(
+            f"DO $$ BEGIN CREATE ROLE {WRITER_ROLE} LOGIN; "
+            "EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+        )
+        db.execute_sql(f"GRANT SELECT, INSERT ON audit_log TO {WRITER_ROLE}")
+        db.execute_sql(f"GRANT SELECT ON audit_log_schema TO {WRITER_ROLE}")
+    return pg_url.replace("postgresql://postgres@", f"postgresql://{WRITER_ROLE}@")
+
+
+COLUMNS = (
+    "event_id, timestamp, event_type, outcome, actor, plan_id, ip, correlation_id, target,"
+    " details, error, prev_hash, hash, key_id"
+)
+
+
+@pytest.mark.parametrize("row_id", [0, -5, 10**9, 4 + 10**6])
+def test_the_writer_role_cannot_insert_around_the_sequence(writer_url, row_id):
+    """Cases 1 and 2 as the writer role: ids <= 0 and far ids are refused by the
+    trigger; UPDATE, DELETE and TRUNCATE are refused too."""
+    db, _ = open_database(writer_url)
+    try:
+        for statement in (
+            f"INSERT INTO audit_log (id, {COLUMNS}) SELECT {row_id}, 'forged-{row_id}', "
+            + COLUMNS.split(", ", 1)[1]
+            + " FROM audit_log WHERE id = 2",
+            "UPDATE audit_log SET actor = 'mallory'",
+            "DELETE FROM audit_log",
+            "TRUNCATE audit_log",
+        ):
+            with pytest.raises((peewee.IntegrityError, peewee.ProgrammingError)), db.atomic():
+                db.execute_sql(statement)
+    finally:
+        close_database(db)
+    report = verify(writer_url)
+    assert (True, 3) == (report.ok, report.rows_checked)
+
+
+def test_the_writer_role_writes_through_the_sink(writer_url):
+    """A sink connected as the writer role appends (no ownership needed)."""
+    with PeeweeSink(writer_url) as sink:
+        emit("config_changed", key="as-writer")
+        assert 1 == sink.stats.written
+    assert (True, 4) == (verify(writer_url).ok, verify(writer_url).rows_checked)
+
+
+def test_rows_outside_the_sequence_are_read_and_reported(pg_url):
+    """With the triggers dropped (the owner), a row at id 0 is still read by verify."""
+    with PeeweeSink(pg_url) as sink:
+        for i in range(3):
+            emit("config_changed", key=f"k{i}")
+        db = sink.database
+        db.execute_sql("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append")
+        db.execute_sql(
+            f"INSERT INTO audit_log (id, {COLUMNS}) SELECT 0, 'forged', "
+            + COLUMNS.split(", ", 1)[1]
+            + " FROM audit_log WHERE id = 2"
+        )
+        db.execute_sql("ALTER TABLE audit_log ENABLE TRIGGER audit_log_append")
+    report = verify(pg_url)
+    assert (False, 0, 4) == (report.ok, report.bad_id, report.rows_checked)
+    assert {"outside-sequence": 1} == report.counts
+
+
+BIG_NUMBERS = {
+    "e16": 1e16,
+    "huge": 1.5e300,
+    "max": 1.7976931348623157e308,
+    "neg_zero": -0.0,
+    "small": 1e-7,
+    "tiny": 5e-324,
+    "int": 10**20,
+    "nested": [{"x": 2.5e17, "y": -3e16}],
+}
+
+
+def test_jsonb_number_normalisation_is_not_a_false_alarm(pg_url):
+    """Case 7: floats >= 1e16 come back from JSONB as integers, -0.0 as 0.0:
+    the untouched row still verifies."""
+    with PeeweeSink(pg_url) as sink:
+        emit("config_changed", **BIG_NUMBERS)
+        db = sink.database
+        stored = db.execute_sql("SELECT details::text FROM audit_log").fetchone()[0]
+    assert "10000000000000000" in stored  # what JSONB did to 1e16
+    report = verify(pg_url)
+    assert report.ok, report.breaks
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(details=st.dictionaries(st.text(max_size=8), json_values, max_size=5))
+def test_any_details_we_store_verify_after_a_jsonb_round_trip(pg_url, details):
+    """Case 7, generated: whatever details the pipeline accepts verifies on PostgreSQL."""
+    with PeeweeSink(pg_url) as sink:
+        sink.write(AuditEvent(event_type="generated", details=details))
+        assert 1 == sink.stats.written
+    report = verify(pg_url)
+    assert report.ok, (details, report.breaks)
+
+
+@pytest.mark.parametrize("isolation", ["REPEATABLE READ", "SERIALIZABLE"])
+@pytest.mark.parametrize("commit", [True, False])
+def test_a_write_joining_a_snapshot_transaction_does_not_fork_the_chain(pg_url, isolation, commit):
+    """Case 8: a sync write inside the caller's REPEATABLE READ / SERIALIZABLE
+    transaction, whose snapshot predates another writer's row, is written
+    after the commit from a fresh view of the head (nothing when it rolls back)."""
+    with PeeweeSink(pg_url) as sink, PeeweeSink(pg_url) as other:
+        db = sink.database
+        with db.atomic() as transaction:
+            db.execute_sql(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
+            db.execute_sql("SELECT count(*) FROM audit_log")  # the snapshot is taken here
+            done = threading.Event()
+
+            def elsewhere():
+                with other.database.connection_context():
+                    other.write(AuditEvent(event_type="other_writer"))
+                done.set()
+
+            threading.Thread(target=elsewhere).start()
+            assert done.wait(30)
+            sink.write(AuditEvent(event_type="in_transaction"))
+            if not commit:
+                transaction.rollback()
+        rows = db.execute_sql("SELECT event_type, prev_hash FROM audit_log ORDER BY id").fetchall()
+    expected = ["other_writer", "in_transaction"] if commit else ["other_writer"]
+    assert expected == [r[0] for r in rows]
+    assert len({r[1] for r in rows}) == len(rows)  # no two rows share a predecessor
+    report = verify(pg_url)
+    assert report.ok, report.breaks
+
+
+V2_TABLE = """
+CREATE TABLE audit_log (id BIGSERIAL PRIMARY KEY, event_id VARCHAR(64) NOT NULL UNIQUE,
+    timestamp TIMESTAMPTZ NOT NULL, event_type VARCHAR(128) NOT NULL, outcome VARCHAR(16) NOT NULL,
+    actor TEXT, plan_id TEXT, ip TEXT, correlation_id TEXT, target TEXT NOT NULL,
+    details JSONB NOT NULL, error TEXT, prev_hash VARCHAR(64), hash VARCHAR(64));
+CREATE TABLE audit_log_schema (id SERIAL PRIMARY KEY, version INTEGER NOT NULL);
+INSERT INTO audit_log_schema (version) VALUES (2);
+"""
+
+
+def test_upgrade_from_version_2_keeps_rows_and_chain(pg_url):
+    """v2 -> v3 on PostgreSQL: rows with sequence gaps are renumbered, keep their
+    links, and new rows chain on."""
+    from auditaspect.integrity import GENESIS, legacy_payload, link
+
+    db, _ = open_database(pg_url)
+    try:
+        db.execute_sql(V2_TABLE)
+        prev = GENESIS
+        for number, row_id in enumerate((3, 4, 8), 1):
+            values = (
+                f"e{number}",
+                "2026-01-02T03:04:05.000006+00:00",
+                "x",
+                "success",
+                "alice",
+                None,
+                None,
+                None,
+                "t",
+                None,
+            )
+            details = f'{{"n": {number}, "big": 1e+16}}'
+            current = link(prev, legacy_payload(values, details), None)
+            db.execute_sql(
+                "INSERT INTO audit_log (id, event_id, timestamp, event_type, outcome, actor,"
+                " plan_id, ip, correlation_id, target, error, details, prev_hash, hash)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (row_id, *values, details, prev, current),
+            )
+            prev = current
+    finally:
+        close_database(db)
+    with PeeweeSink(pg_url) as sink:
+        emit("config_changed", key="after upgrade")
+        ids = [r[0] for r in sink.database.execute_sql("SELECT id FROM audit_log ORDER BY id")]
+    assert [1, 2, 3, 4] == ids
+    report = verify(pg_url)
+    assert report.ok, report.breaks

@@ -1,0 +1,270 @@
+"""Signed checkpoints: made with the private key, checked with the public key only."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import attrs
+import peewee
+import pytest
+
+from auditaspect import Checkpoint, PeeweeSink, checkpoint, emit, verify
+from auditaspect.checkpoints import (
+    TrustedKey,
+    generate_signing_key,
+    load_public_keys,
+    read_checkpoints,
+    write_checkpoint_file,
+)
+from auditaspect.integrity import GENESIS
+from auditaspect.model import install_guards
+
+
+@pytest.fixture
+def keys(tmp_path) -> tuple[Path, Path]:
+    private, public = generate_signing_key()
+    key, pub = tmp_path / "signing.pem", tmp_path / "signing.pem.pub"
+    key.write_bytes(private)
+    pub.write_bytes(public)
+    return key, pub
+
+
+def write(url: str, count: int, **options) -> None:
+    with PeeweeSink(url, **options):
+        for i in range(count):
+            emit("config_changed", key=f"k{i}")
+
+
+def cut_tail(path: Path, keep: int) -> None:
+    """Remove the newest rows and put the triggers back: the chain alone still verifies."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    for name in ("audit_log_no_update", "audit_log_no_delete", "audit_log_append"):
+        conn.execute(f"DROP TRIGGER {name}")
+    conn.execute(f"DELETE FROM audit_log WHERE id > {keep}")
+    conn.close()
+    db = peewee.SqliteDatabase(str(path))
+    install_guards(db)
+    db.close()
+
+
+def test_a_signed_checkpoint_verifies_with_the_public_key_only(tmp_path, keys):
+    """checkpoint(signing_key=) -> verify(checkpoint=, public_key=): the verifier
+    holds no secret; a cut tail, an edited checkpoint or another key fail."""
+    key, pub = keys
+    path = tmp_path / "log.db"
+    url = f"sqlite:///{path}"
+    write(url, 5)
+    mark = checkpoint(url, signing_key=key)
+    assert (5, True) == (mark.last_id, mark.signed)
+    assert mark.key_id.startswith("ed25519:")
+    assert mark.origin.endswith(f"{path}#audit_log")
+    exported = json.loads(json.dumps(mark.to_dict()))
+    assert verify(url, checkpoint=exported, public_key=pub).ok
+    write(url, 2)  # the log grows: it still extends the checkpoint
+    assert verify(url, checkpoint=exported, public_key=pub).ok
+
+    forged = attrs.evolve(mark, last_id=3, hash="0" * 64)  # an attacker edits the file
+    report = verify(url, checkpoint=forged, public_key=pub)
+    assert "signature does not match" in report.breaks[0].detail
+
+    _, other_public = generate_signing_key()
+    report = verify(url, checkpoint=mark, public_key=other_public)
+    assert "not in the keyring" in report.reason
+
+    cut_tail(path, 3)
+    report = verify(url, checkpoint=mark, public_key=pub)
+    assert not report.ok
+    assert "its tail was removed" in report.reason
+    unsigned = Checkpoint(last_id=mark.last_id, hash=mark.hash)
+    assert "not signed" in verify(url, checkpoint=unsigned, public_key=pub).breaks[0].detail
+
+
+def test_a_rewritten_log_fails_its_signed_checkpoint(tmp_path, keys):
+    """An unkeyed chain rewritten whole (every hash recomputed) still verifies
+    alone; the signed checkpoint catches it."""
+    from auditaspect.integrity import link, row_payload, row_prefix
+
+    key, pub = keys
+    path = tmp_path / "log.db"
+    url = f"sqlite:///{path}"
+    write(url, 4)
+    mark = checkpoint(url, signing_key=key)
+    conn = sqlite3.connect(path, isolation_level=None)
+    for name in ("audit_log_no_update", "audit_log_no_delete", "audit_log_append"):
+        conn.execute(f"DROP TRIGGER {name}")
+    conn.execute("UPDATE audit_log SET actor = 'mallory' WHERE id = 2")
+    prev = GENESIS
+    for row in conn.execute(
+        "SELECT id, event_id, timestamp, event_type, outcome, actor, plan_id, ip,"
+        " correlation_id, target, error, details, key_id FROM audit_log ORDER BY id"
+    ).fetchall():
+        current = link(prev, row_prefix(row[0], row[12]) + row_payload(row[1:11], row[11]), None)
+        conn.execute("UPDATE audit_log SET prev_hash=?, hash=? WHERE id=?", (prev, current, row[0]))
+        prev = current
+    conn.close()
+    db = peewee.SqliteDatabase(str(path))
+    install_guards(db)  # the forger puts the triggers back
+    db.close()
+    assert verify(url).ok  # the forger's rewrite is a valid chain...
+    report = verify(url, checkpoint=mark, public_key=pub)
+    assert (False, 4) == (report.ok, report.bad_id)  # ...that the checkpoint does not match
+    assert "the log was rewritten" in report.reason
+
+
+def test_keyring_validity_windows(tmp_path, keys):
+    """A key is accepted only for checkpoints made while it was valid (rotation)."""
+    key, pub = keys
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    write(url, 1)
+    mark = checkpoint(url, signing_key=key)
+    public = load_public_keys(pub)[0]
+    now = datetime.now(timezone.utc)
+    retired = TrustedKey(public, valid_until=now - timedelta(days=1))
+    current = TrustedKey(public, valid_from=now - timedelta(days=1))
+    assert verify(url, checkpoint=mark, public_key=[current]).ok
+    report = verify(url, checkpoint=mark, public_key=[retired])
+    assert "was not valid at the checkpoint's time" in report.reason
+
+
+def test_an_empty_log_has_a_valid_signed_checkpoint(tmp_path, keys):
+    key, pub = keys
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    write(url, 0)
+    mark = checkpoint(url, signing_key=key)
+    assert (0, GENESIS) == (mark.last_id, mark.hash)
+    assert verify(url, checkpoint=mark, public_key=pub).ok
+    write(url, 3)
+    assert verify(url, checkpoint=mark, public_key=pub).ok
+
+
+def test_checkpoint_files_are_private_and_whole(tmp_path, keys):
+    key, _ = keys
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    write(url, 2)
+    target = tmp_path / "mark.json"
+    write_checkpoint_file(target, checkpoint(url, signing_key=key))
+    assert 0o600 == stat.S_IMODE(target.stat().st_mode)
+    assert [2] == [m.last_id for m in read_checkpoints(target)]
+    (tmp_path / "bad.json").write_text('{"last_id": -1, "hash": "x"}\n')
+    with pytest.raises(ValueError, match="not a checkpoint"):
+        read_checkpoints(tmp_path / "bad.json")
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "auditaspect", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+def test_the_command_line_makes_and_checks_signed_checkpoints(tmp_path):
+    """keygen, checkpoint --sign --out, verify --checkpoint --public-key, and
+    --write-checkpoint on a first run when no checkpoint exists yet."""
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    write(url, 3)
+    made = run("keygen", "--out", "k.pem", cwd=tmp_path)
+    assert 0 == made.returncode, made.stderr
+    assert 0o600 == stat.S_IMODE((tmp_path / "k.pem").stat().st_mode)
+    again = run("keygen", "--out", "k.pem", cwd=tmp_path)
+    assert (2, 1) == (again.returncode, len(again.stderr.splitlines()))  # never overwritten
+
+    out = run("--db", url, "checkpoint", "--sign", "k.pem", "--out", "cp.json", cwd=tmp_path)
+    assert 0 == out.returncode, out.stderr
+    assert 0o600 == stat.S_IMODE((tmp_path / "cp.json").stat().st_mode)
+    good = run(
+        "--db", url, "verify", "--checkpoint", "cp.json", "--public-key", "k.pem.pub", cwd=tmp_path
+    )
+    assert 0 == good.returncode, good.stdout + good.stderr
+    assert "1 checkpoint(s) extended" in good.stdout
+
+    first = run(
+        "--db",
+        url,
+        "verify",
+        "--checkpoint",
+        "new.json",
+        "--write-checkpoint",
+        "new.json",
+        "--sign",
+        "k.pem",
+        cwd=tmp_path,
+    )
+    assert 0 == first.returncode, first.stderr
+    assert "no checkpoint in new.json yet" in first.stderr
+    assert read_checkpoints(tmp_path / "new.json")[0].signed
+
+    cut_tail(tmp_path / "log.db", 1)
+    bad = run(
+        "--db", url, "verify", "--checkpoint", "cp.json", "--public-key", "k.pem.pub", cwd=tmp_path
+    )
+    assert 1 == bad.returncode
+    assert "checkpoint: log ends at row 1, before checkpoint row 3" in bad.stdout
+    assert "Traceback" not in bad.stderr
+
+    refused = run("--db", url, "checkpoint", "--out", "log.db", cwd=tmp_path)
+    assert 2 == refused.returncode
+    assert "is the audit database itself" in refused.stderr
+
+
+def test_a_sink_writes_signed_checkpoints_by_itself(tmp_path, keys):
+    """Every N events, a heartbeat when idle, one at close: a cut tail shows."""
+    key, pub = keys
+    path = tmp_path / "log.db"
+    url = f"sqlite:///{path}"
+    marks_file = tmp_path / "checkpoints.jsonl"
+    shipped: list[Checkpoint] = []
+    with PeeweeSink(
+        url,
+        signing_key=key,
+        checkpoint_path=marks_file,
+        checkpoint_every=5,
+        checkpoint_interval=0.2,
+        on_checkpoint=shipped.append,
+    ):
+        for i in range(12):
+            emit("config_changed", key=f"k{i}")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(read_lines(marks_file)) < 3:
+            time.sleep(0.05)
+    marks = read_checkpoints(marks_file)
+    assert len(marks) >= 3
+    assert 12 == marks[-1].last_id  # the one written at close
+    assert [m.to_dict() for m in marks] == [m.to_dict() for m in shipped]
+    assert 0o600 == stat.S_IMODE(marks_file.stat().st_mode)
+    report = verify(url, checkpoint=marks, public_key=pub)
+    assert report.ok, report.breaks
+    assert report.latest_checkpoint.last_id == 12
+    cut_tail(path, 10)
+    assert not verify(url, checkpoint=marks, public_key=pub).ok
+
+
+def read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def test_automatic_checkpoints_need_a_signing_key(tmp_path):
+    with pytest.raises(ValueError, match="signing_key"):
+        PeeweeSink(f"sqlite:///{tmp_path / 'x.db'}", checkpoint_path=tmp_path / "c.jsonl")
+
+
+def test_a_checkpoint_that_cannot_be_written_is_logged_not_raised(tmp_path, keys, caplog):
+    key, _ = keys
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    os.mkdir(tmp_path / "dir")
+    with PeeweeSink(url, signing_key=key, checkpoint_path=tmp_path / "dir", checkpoint_every=1):
+        emit("config_changed", key="k")
+    assert "audit checkpoint not written" in caplog.text
