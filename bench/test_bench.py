@@ -11,7 +11,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from auditaspect import AuditRecord, PeeweeSink
+import peewee
+
+from auditaspect import PeeweeSink
 from auditaspect.redaction import Redactor
 from baseline_redaction import Redactor as BaselineRedactor
 from compare import (
@@ -83,11 +85,14 @@ def test_naive_peewee_create(benchmark, tmp_path: Path):
     from datetime import datetime, timezone
     from uuid import uuid4
 
-    with PeeweeSink(f"sqlite:///{tmp_path / 'naive.db'}") as sink:
-        sink.close()
+    from compare import PRAGMAS, NaiveRecord
+
+    db = peewee.SqliteDatabase(str(tmp_path / "naive.db"), pragmas=PRAGMAS)
+    with db.bind_ctx([NaiveRecord]):
+        db.create_tables([NaiveRecord])
 
         def create() -> None:
-            AuditRecord.create(
+            NaiveRecord.create(
                 event_id=uuid4().hex,
                 timestamp=datetime.now(timezone.utc),
                 event_type="plan_applied",
@@ -97,6 +102,7 @@ def test_naive_peewee_create(benchmark, tmp_path: Path):
             )
 
         benchmark(create)
+    db.close()
 
 
 def test_redaction_typical(benchmark):
