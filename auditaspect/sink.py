@@ -61,8 +61,8 @@ from .integrity import (
     key_id,
     legacy_payload,
     link,
+    link_row,
     resolve_key,
-    row_prefix,
 )
 from .model import (
     TABLE_NAME,
@@ -811,10 +811,9 @@ class PeeweeSink:
                     raise AuditError(_key_mismatch(head_key, self._key_id))
             params = []
             mine = self._key_id
-            prefix = row_prefix
             for row in rows:
                 last += 1
-                current = link(prev, prefix(last, mine) + row.payload, key)
+                current = link_row(prev, last, mine, row.payload, key)
                 params.append(insert.params(last, row, prev, current, mine))
                 prev = current
             insert.execute(cursor, params)

@@ -234,12 +234,15 @@ def test_a_sink_writes_signed_checkpoints_by_itself(tmp_path, keys):
     ):
         for i in range(12):
             emit("config_changed", key=f"k{i}")
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and len(read_lines(marks_file)) < 3:
+        # Idle now: heartbeats keep coming, each with a newer time.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and heartbeats(marks_file) < 2:
             time.sleep(0.05)
+        assert heartbeats(marks_file) >= 2
     marks = read_checkpoints(marks_file)
-    assert len(marks) >= 3
     assert 12 == marks[-1].last_id  # the one written at close
+    times = [m.time for m in marks]
+    assert times == sorted(times)
     assert [m.to_dict() for m in marks] == [m.to_dict() for m in shipped]
     assert 0o600 == stat.S_IMODE(marks_file.stat().st_mode)
     report = verify(url, checkpoint=marks, public_key=pub)
@@ -249,11 +252,43 @@ def test_a_sink_writes_signed_checkpoints_by_itself(tmp_path, keys):
     assert not verify(url, checkpoint=marks, public_key=pub).ok
 
 
-def read_lines(path: Path) -> list[str]:
+def test_a_sink_checkpoints_every_n_events(tmp_path, keys):
+    """Without a heartbeat, one checkpoint per checkpoint_every events, and one at close."""
+    key, pub = keys
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    marks_file = tmp_path / "every.jsonl"
+    with PeeweeSink(
+        url,
+        signing_key=key,
+        checkpoint_path=marks_file,
+        checkpoint_every=5,
+        checkpoint_interval=None,
+    ):
+        for expected_id in (5, 10):
+            for i in range(5):
+                emit("config_changed", key=f"k{i}")
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and expected_id not in ids(marks_file):
+                time.sleep(0.02)
+            assert expected_id in ids(marks_file)
+        emit("config_changed", key="last")
+    assert [5, 10, 11] == ids(marks_file)
+    assert verify(url, checkpoint=read_checkpoints(marks_file), public_key=pub).ok
+
+
+def ids(path: Path) -> list[int]:
     try:
-        return path.read_text().splitlines()
-    except FileNotFoundError:
+        return [m.last_id for m in read_checkpoints(path)]
+    except (FileNotFoundError, ValueError):
         return []
+
+
+def heartbeats(path: Path) -> int:
+    """Checkpoints of the full log (12 rows) written so far."""
+    try:
+        return sum(1 for m in read_checkpoints(path) if m.last_id == 12)
+    except (FileNotFoundError, ValueError):
+        return 0
 
 
 def test_automatic_checkpoints_need_a_signing_key(tmp_path):

@@ -417,3 +417,64 @@ def test_env_key_is_not_needed_to_read_key_ids(log):
     assert {UNKEYED} == stored
     assert os.environ.get("AUDITASPECT_CHAIN_KEY") is None
     assert json.dumps(sorted(stored))
+
+
+BUILD = """
+import sqlite3, sys, uuid
+import peewee
+from auditaspect.integrity import GENESIS, UNKEYED, canonical, link_row
+from auditaspect.model import create_schema
+
+path, count = sys.argv[1], int(sys.argv[2])
+db = peewee.SqliteDatabase(path)
+create_schema(db)
+db.close()
+conn = sqlite3.connect(path, isolation_level=None)
+prev = GENESIS
+stamp = "2026-11-30T12:00:00.000000+00:00"
+for start in range(0, count, 10_000):
+    rows = []
+    for row_id in range(start + 1, min(count, start + 10_000) + 1):
+        scalars = (uuid.uuid4().hex, stamp, "config_changed", "success", "alice", None, None,
+                   None, "svc.set", None)
+        details = '{"key":"k%d","new_value":%d}' % (row_id, row_id)
+        current = link_row(prev, row_id, UNKEYED, canonical(scalars, details), None)
+        rows.append((row_id, *scalars, details, prev, current, UNKEYED))
+        prev = current
+    conn.execute("BEGIN")
+    conn.executemany(
+        "INSERT INTO audit_log (id, event_id, timestamp, event_type, outcome, actor, plan_id,"
+        " ip, correlation_id, target, error, details, prev_hash, hash, key_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    conn.execute("COMMIT")
+conn.close()
+"""
+
+VERIFY = """
+import resource, sys
+from auditaspect import verify
+seen = []
+report = verify("sqlite:///" + sys.argv[1], progress=seen.append)
+assert report.ok, report.breaks
+assert seen == sorted(seen) and seen[-1] == report.rows_checked, seen[-3:]
+print(report.rows_checked, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def test_verify_memory_does_not_grow_with_the_log(tmp_path):
+    """verify() reads a page at a time: 200,000 rows take no more memory than 20,000."""
+    peaks = {}
+    for count in (20_000, 200_000):
+        path = str(tmp_path / f"log-{count}.db")
+        subprocess.run([sys.executable, "-c", BUILD, path, str(count)], check=True, timeout=600)
+        result = subprocess.run(
+            [sys.executable, "-c", VERIFY, path],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=True,
+        )
+        rows, peak_kib = map(int, result.stdout.split())
+        assert count == rows
+        peaks[count] = peak_kib
+    assert peaks[200_000] - peaks[20_000] < 16 * 1024, peaks  # KiB

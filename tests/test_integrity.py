@@ -262,3 +262,13 @@ def test_checkpoint_and_verify_accept_a_database_object(log):
     assert verify(db).ok
     assert not db.is_closed()
     db.close()
+
+
+def test_link_row_is_link_over_the_prefixed_payload():
+    """The writer's one-step link equals the documented form."""
+    from auditaspect.integrity import link_row
+
+    for secret in (None, b"k"):
+        assert link("p" * 64, row_prefix(7, "sha256") + b"body", secret) == link_row(
+            "p" * 64, 7, "sha256", b"body", secret
+        )
