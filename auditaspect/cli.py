@@ -177,13 +177,18 @@ def _filtered(args: argparse.Namespace) -> Any:
 
 
 def _pages(query: Any, limit: int | None = None) -> Iterator[AuditRecord]:
-    """Rows in id order, a page at a time: constant memory on millions of rows."""
-    last, seen = 0, 0
+    """Rows in id order, a page at a time: constant memory on millions of rows.
+
+    Every row, whatever its id: a row forged at ``id <= 0`` is shown, not hidden.
+    """
+    last: int | None = None
+    seen = 0
     while True:
         size = _PAGE if limit is None else min(_PAGE, limit - seen)
         if size <= 0:
             return
-        page = list(query.where(AuditRecord.id > last).order_by(AuditRecord.id).limit(size))
+        page_query = query if last is None else query.where(AuditRecord.id > last)
+        page = list(page_query.order_by(AuditRecord.id).limit(size))
         if not page:
             return
         yield from page

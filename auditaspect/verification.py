@@ -163,6 +163,10 @@ def verify(
     db, owned = open_database(database)
     findings = _Findings()
     try:
+        if owned and isinstance(db, peewee.SqliteDatabase):
+            # Text that is not UTF-8 (bytes cast to TEXT by a forger) is one
+            # unreadable row, not an error that ends the page.
+            db.connection().text_factory = _lenient_text  # type: ignore[no-untyped-call]
         return _verify(db, keys[0], by_id, marks, trusted, findings, progress)
     except Exception as exc:  # verify reports what it cannot read, it does not raise
         findings.add("unreadable", None, f"the database cannot be read: {_line(exc)}")
@@ -170,6 +174,10 @@ def verify(
     finally:
         if owned:
             close_database(db)
+
+
+def _lenient_text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
 
 
 def _marks(checkpoint: Any) -> list[Checkpoint]:

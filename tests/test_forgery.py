@@ -478,3 +478,32 @@ def test_verify_memory_does_not_grow_with_the_log(tmp_path):
         assert count == rows
         peaks[count] = peak_kib
     assert peaks[200_000] - peaks[20_000] < 16 * 1024, peaks  # KiB
+
+
+def test_text_that_is_not_utf8_is_one_unreadable_row(log):
+    """Bytes cast to TEXT in one row do not stop verify from checking the rest."""
+    url, path = log
+    sql(
+        path,
+        "UPDATE audit_log SET actor = CAST(x'ff00fe' AS TEXT) WHERE id = 2",
+        drop=True,
+        cover=True,
+    )
+    report = verify(url)
+    assert (False, 2, 5) == (report.ok, report.bad_id, report.rows_checked)
+    assert {"unreadable": 1} == report.counts
+
+
+def test_the_command_line_shows_rows_outside_the_sequence(log):
+    """`auditaspect query` lists a forged row at id 0 too (it used to start after 0)."""
+    url, path = log
+    sql(path, forged_copy(3, 0, "forged-zero"), drop=True, cover=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "auditaspect", "query", "--db", url, "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    ids = [json.loads(line)["id"] for line in result.stdout.splitlines()]
+    assert [0, 1, 2, 3, 4, 5] == ids
