@@ -153,8 +153,10 @@ def verify(
     ``progress`` is called with the number of rows read after each page.
 
     Never raises for what the database holds: a broken chain, a corrupt
-    page or a missing table is reported. Raises ``ValueError`` only for bad
-    arguments, before reading anything.
+    page or a missing table is reported. Raises only for bad arguments, before
+    reading anything: ``ValueError`` (an empty key, a malformed checkpoint or
+    public key), ``OSError`` (a key file that cannot be read), ``ImportError``
+    (``public_key`` without ``auditaspect[signing]``).
     """
     keys = resolve_keys(chain_key)
     by_id = {key_id(k): k for k in keys}
@@ -218,8 +220,8 @@ def _verify(
     for mark in marks:
         if trusted:
             problem = mark.check_signature(trusted)
-            if problem:
-                findings.add("checkpoint", mark.last_id or None, problem)
+            if problem:  # the checkpoint is at fault, not a row: no row id
+                findings.add("checkpoint", None, f"checkpoint of row {mark.last_id}: {problem}")
     checked, last = _walk(db, "key_id" in columns, legacy_key, by_id, marks, findings, progress)
     return _report(findings, checked, last, marks)
 
