@@ -379,6 +379,7 @@ class CheckpointWriter:
         self._on_checkpoint = on_checkpoint
         self._pending = 0
         self._lock = threading.Lock()
+        self._start_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -398,9 +399,13 @@ class CheckpointWriter:
 
     def note(self, count: int) -> None:
         """The sink committed ``count`` more events."""
-        if self._pid != os.getpid():  # a forked child: its own thread
-            self.after_fork()
-            self.start()
+        if self._thread is None or self._pid != os.getpid():  # pragma: no cover - forked child
+            # A forked child has no thread (the fork copied only the caller's).
+            with self._start_lock:
+                if self._pid != os.getpid():
+                    self.after_fork()
+                if self._thread is None and not self._stop:
+                    self.start()
         self._pending += count  # only a trigger: an approximate count is enough
         if self._pending >= self._every:
             self._wake.set()
@@ -410,12 +415,13 @@ class CheckpointWriter:
         thread, self._thread = self._thread, None
         self._stop = True
         self._wake.set()
-        if thread is not None and self._pid == os.getpid():
+        if thread is not None and self._pid == os.getpid():  # pragma: no branch
             thread.join()
         self.write()
 
-    def after_fork(self) -> None:
-        """In a forked child: forget the parent's thread and lock."""
+    def after_fork(self) -> None:  # pragma: no cover - forked child (test_checkpoints)
+        """In a forked child: forget the parent's thread and locks."""
+        self._start_lock = threading.Lock()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread = None

@@ -318,7 +318,7 @@ def cmd_checkpoint(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_keygen(args: argparse.Namespace, out: TextIO) -> int:
     try:
         private, public = generate_signing_key()
-    except ImportError as exc:
+    except ImportError as exc:  # pragma: no cover - the test environments have the extra
         raise UsageError(str(exc)) from None
     public_path = f"{args.out}.pub"
     for path, data, mode in ((args.out, private, 0o600), (public_path, public, 0o644)):

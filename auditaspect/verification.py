@@ -430,10 +430,8 @@ def _check_content(
 def _legacy_float_match(
     values: Sequence[Any], details: Any, prev_hash: str, stored: str, key: bytes | None
 ) -> bool:
-    try:
-        payload = legacy_alternative(values, details)
-    except (ValueError, TypeError, RecursionError):
-        return False
+    # Only called after legacy_payload() read the same values without error.
+    payload = legacy_alternative(values, details)
     return payload is not None and _same(link(prev_hash, payload, key), stored)
 
 

@@ -303,3 +303,228 @@ def test_a_checkpoint_that_cannot_be_written_is_logged_not_raised(tmp_path, keys
     with PeeweeSink(url, signing_key=key, checkpoint_path=tmp_path / "dir", checkpoint_every=1):
         emit("config_changed", key="k")
     assert "audit checkpoint not written" in caplog.text
+
+
+def test_keys_are_loaded_from_objects_pem_or_files_and_others_refused(tmp_path, keys):
+    """Ed25519 only, with one clear ValueError for anything else."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from auditaspect.checkpoints import load_signing_key, public_key_id
+
+    key, pub = keys
+    private_text = key.read_text()
+    loaded = load_signing_key(private_text)  # PEM text
+    assert load_signing_key(loaded) is loaded  # a key object
+    public = load_public_keys(pub.read_bytes())[0]
+    assert [public] == load_public_keys(public)
+    assert public_key_id(public) == public_key_id(loaded.public_key())
+    two = pub.read_bytes() + generate_signing_key()[1]
+    assert 2 == len(load_public_keys(two))  # a keyring file of several keys
+
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    ec_private = ec_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    ec_public = ec_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    with pytest.raises(ValueError, match="Ed25519 private key"):
+        load_signing_key(ec_private)
+    with pytest.raises(ValueError, match="Ed25519 keys"):
+        load_public_keys(ec_public)
+    with pytest.raises(ValueError, match="no PEM public key"):
+        load_public_keys(b"not a key")
+
+
+def test_trusted_key_windows_and_signature_forms(tmp_path, keys):
+    key, pub = keys
+    public = load_public_keys(pub)[0]
+    now = datetime.now(timezone.utc)
+    assert TrustedKey(public).covers(None)
+    assert not TrustedKey(public, valid_from=now).covers(None)  # an undated checkpoint
+    assert not TrustedKey(public, valid_from=now).covers(now - timedelta(seconds=1))
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    write(url, 1)
+    mark = checkpoint(url, signing_key=key)
+    garbled = attrs.evolve(mark, signature="***not base64***")
+    assert "not base64" in garbled.check_signature([TrustedKey(public)])
+    with pytest.raises(ValueError, match="expected text"):
+        Checkpoint.from_dict({**mark.to_dict(), "origin": 5})
+
+
+def test_checkpoint_files_fail_whole(tmp_path, keys):
+    """A checkpoint that cannot be put in place leaves no temporary file; bad files say
+    which line is wrong."""
+    key, _ = keys
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    write(url, 1)
+    target = tmp_path / "occupied"
+    target.mkdir()
+    (target / "x").write_text("keeps the directory non-empty")
+    with pytest.raises(IsADirectoryError):
+        write_checkpoint_file(target, checkpoint(url, signing_key=key))
+    assert ["log.db", "occupied", "signing.pem", "signing.pem.pub"] == sorted(
+        p.name for p in tmp_path.iterdir() if not p.name.startswith("log.db-")
+    )
+    (tmp_path / "empty.json").write_text("\n")
+    with pytest.raises(ValueError, match="holds no checkpoint"):
+        read_checkpoints(tmp_path / "empty.json")
+    good = json.dumps(checkpoint(url).to_dict())
+    (tmp_path / "lines.jsonl").write_text(f"{good}\n\n{good}\n[1]\n")
+    with pytest.raises(ValueError, match="line 4"):
+        read_checkpoints(tmp_path / "lines.jsonl")
+    (tmp_path / "lines.jsonl").write_text(f"{good}\n\n{good}\n")
+    assert 2 == len(read_checkpoints(tmp_path / "lines.jsonl"))
+
+
+def test_automatic_checkpoint_options_are_checked(tmp_path, keys):
+    from auditaspect.checkpoints import CheckpointWriter
+
+    key, _ = keys
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    for options, message in (
+        ({"checkpoint_every": 0, "checkpoint_path": tmp_path / "c"}, "at least 1"),
+        ({"checkpoint_interval": 0, "checkpoint_path": tmp_path / "c"}, "positive number"),
+        ({}, "checkpoint_path or on_checkpoint"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            PeeweeSink(url, signing_key=key, **options)
+    with pytest.raises(ValueError, match="database file"):
+        PeeweeSink(peewee.SqliteDatabase(":memory:"), signing_key=key, checkpoint_path="c")
+    writer = CheckpointWriter(
+        lambda: (0, GENESIS),
+        origin="o",
+        signing_key=key,
+        path=None,
+        every=1,
+        interval=None,
+        on_checkpoint=lambda mark: None,
+    )
+    writer.start()
+    writer.start()  # already running: nothing more
+    writer.close()
+    assert 1 == writer.written
+
+
+FORKED = """
+import json, os, sys
+from auditaspect import PeeweeSink, emit
+sink = PeeweeSink(sys.argv[1], signing_key=sys.argv[2], checkpoint_path=sys.argv[3],
+                  checkpoint_every=2, checkpoint_interval=None).connect()
+emit("config_changed", key="parent")
+pid = os.fork()
+if pid == 0:
+    for i in range(4):
+        emit("config_changed", key=f"child-{i}")
+        assert sink._checkpoints._thread.is_alive()  # the child's own checkpoint thread
+    sink.close()
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+assert os.WEXITSTATUS(status) == 0, status
+emit("config_changed", key="parent-after")
+sink.close()
+"""
+
+
+def test_checkpoints_survive_a_fork(tmp_path, keys):
+    """A forked child gets its own checkpoint thread; every checkpoint verifies."""
+    from test_crash import unmeasured_env
+
+    key, pub = keys
+    path = tmp_path / "log.db"
+    url = f"sqlite:///{path}"
+    marks_file = tmp_path / "forked.jsonl"
+    subprocess.run(
+        [sys.executable, "-c", FORKED, url, str(key), str(marks_file)],
+        check=True,
+        timeout=120,
+        env=unmeasured_env(),
+    )
+    marks = read_checkpoints(marks_file)
+    assert 6 == max(m.last_id for m in marks)
+    report = verify(url, checkpoint=marks, public_key=pub)
+    assert (True, 6) == (report.ok, report.rows_checked), report.breaks
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["verify", "--checkpoint", "bad.json"], "cannot read checkpoint bad.json"),
+        (["verify", "--public-key", "k.pem.pub"], "give --checkpoint FILE too"),
+        (["verify", "--key", ""], "chain_key must not be empty"),
+        (["checkpoint", "--sign", "missing.pem"], "cannot load signing key missing.pem"),
+        (["checkpoint", "--sign", "k.pem.pub"], "cannot load signing key k.pem.pub"),
+        (
+            ["verify", "--checkpoint", "cp.json", "--public-key", "k.pem"],
+            "cannot load public key k.pem",
+        ),
+        (["checkpoint", "--out", "no/such/dir/cp.json"], "cannot write checkpoint"),
+    ],
+)
+def test_checkpoint_mistakes_are_one_line_and_exit_2(tmp_path, args, message):
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    write(url, 2)
+    assert 0 == run("keygen", "--out", "k.pem", cwd=tmp_path).returncode
+    (tmp_path / "bad.json").write_text("{not json\n")
+    (tmp_path / "cp.json").write_text(json.dumps(checkpoint(url).to_dict()))
+    result = run("--db", url, *args, cwd=tmp_path)
+    assert 2 == result.returncode, result.stdout + result.stderr
+    assert 1 == len(result.stderr.strip().splitlines()), result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_command_line_prints_a_checkpoint_and_summarises_many_breaks(tmp_path):
+    path = tmp_path / "log.db"
+    url = f"sqlite:///{path}"
+    write(url, 150)
+    printed = run("--db", url, "checkpoint", cwd=tmp_path)
+    assert {"last_id": 150} == {"last_id": json.loads(printed.stdout)["last_id"]}
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("DROP TRIGGER audit_log_no_update")
+    conn.execute("UPDATE audit_log SET actor = 'x'")
+    conn.close()
+    result = run("--db", url, "verify", cwd=tmp_path)
+    assert 1 == result.returncode
+    lines = result.stdout.splitlines()
+    assert lines[0] == "BROKEN: 151 break(s) in 150 rows checked"
+    assert lines[-1] == "  ... 51 more; all by kind: modified 150, schema 1"
+
+
+def test_verify_shows_progress_on_a_terminal(tmp_path):
+    """Progress goes to standard error only when it is a terminal."""
+    import pty
+
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    write(url, 2100)
+    controller, terminal = pty.openpty()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "auditaspect", "verify", "--db", url],
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            text=True,
+            timeout=120,
+        )
+        os.close(terminal)
+        terminal = -1
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # the terminal closed: all read
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(controller)
+        if terminal >= 0:
+            os.close(terminal)
+    assert 0 == result.returncode
+    assert b"verified 2,000 rows" in shown
+    assert b"verified 2,100 rows" in shown
+    assert "verified" not in result.stdout

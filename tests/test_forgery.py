@@ -18,7 +18,7 @@ from pathlib import Path
 import peewee
 import pytest
 
-from auditaspect import AuditError, AuditRecord, PeeweeSink, emit, verify
+from auditaspect import AuditError, AuditEvent, AuditRecord, PeeweeSink, emit, verify
 from auditaspect.integrity import GENESIS, UNKEYED, key_id, link, row_payload, row_prefix
 from auditaspect.model import install_guards
 
@@ -507,3 +507,86 @@ def test_the_command_line_shows_rows_outside_the_sequence(log):
     )
     ids = [json.loads(line)["id"] for line in result.stdout.splitlines()]
     assert [0, 1, 2, 3, 4, 5] == ids
+
+
+def test_a_writer_whose_key_differs_from_the_head_spills_instead_of_chaining(tmp_path):
+    """Case 9 at write time: a keyed sink connected to an empty log; an unkeyed
+    writer got in first. The keyed sink's write is refused and spilled, not chained."""
+    path = tmp_path / "race.db"
+    url = f"sqlite:///{path}"
+    keyed = PeeweeSink(url, chain_key="k", spill_path=tmp_path / "keyed.spill").connect()
+    try:
+        with PeeweeSink(url) as unkeyed:
+            unkeyed.write(AuditEvent(event_type="first"))
+        keyed.write(AuditEvent(event_type="second"))
+        assert (0, 1) == (keyed.stats.written, keyed.stats.spilled)
+    finally:
+        keyed.close()
+    assert 1 == count(path)
+    assert verify(url).ok
+
+
+def test_missing_triggers_are_put_back_and_logged(log, caplog):
+    """A sink connecting to a v3 log whose triggers were dropped puts them back, loudly."""
+    url, path = log
+    sql(path, "DROP TRIGGER audit_log_append")
+    assert "append-only triggers removed" in verify(url).reason
+    with PeeweeSink(url):
+        pass
+    assert "audit_log_append were missing on audit_log; put back" in caplog.text
+    assert verify(url).ok
+
+
+def test_verify_reports_what_it_cannot_read(tmp_path, log):
+    """Not a database, a row without a link, an int timestamp, a v2 log not yet
+    upgraded: reports, never exceptions."""
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"\x00not a sqlite file\xff" * 200)
+    report = verify(f"sqlite:///{garbage}")
+    assert (False, {"unreadable": 1}) == (report.ok, report.counts)
+    url, path = log
+    sql(
+        path,
+        "UPDATE audit_log SET hash = NULL WHERE id = 2",
+        "UPDATE audit_log SET timestamp = 12345 WHERE id = 4",
+        drop=True,
+        cover=True,
+    )
+    report = verify(url)
+    assert [2, 3, 4] == [b.id for b in report.breaks]  # 2 unlinked, so 3 does not follow
+    assert "no chain link" in report.breaks[0].detail
+    assert report.breaks[2].kind == "unreadable"
+    with pytest.raises(ValueError, match="at least one key"):
+        verify(url, chain_key=[])
+
+
+def test_a_version_2_log_verifies_before_its_upgrade(tmp_path):
+    """verify() reads a log an older release wrote, without changing it."""
+    from auditaspect.integrity import legacy_payload
+
+    path = tmp_path / "v2.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(V2_SCHEMA)
+    values = (
+        "e1",
+        "2026-01-01T00:00:00.000000+00:00",
+        "x",
+        "success",
+        None,
+        None,
+        None,
+        None,
+        "t",
+        None,
+    )
+    current = link(GENESIS, legacy_payload(values, "{}"), None)
+    conn.execute(
+        "INSERT INTO audit_log (id, event_id, timestamp, event_type, outcome, actor, plan_id,"
+        " ip, correlation_id, target, error, details, prev_hash, hash)"
+        " VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '{}', ?, ?)",
+        (*values, GENESIS, current),
+    )
+    conn.execute("INSERT INTO audit_log_schema (version) VALUES (2)")
+    conn.close()
+    report = verify(f"sqlite:///{path}")
+    assert (True, 1) == (report.ok, report.rows_checked), report.breaks

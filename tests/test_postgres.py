@@ -476,3 +476,32 @@ def test_upgrade_from_version_2_keeps_rows_and_chain(pg_url):
     assert [1, 2, 3, 4] == ids
     report = verify(pg_url)
     assert report.ok, report.breaks
+
+
+def test_signed_checkpoints_on_postgresql(pg_url, tmp_path):
+    """The command line signs and checks a PostgreSQL log's checkpoint."""
+    with PeeweeSink(pg_url):
+        for i in range(3):
+            emit("config_changed", key=f"k{i}")
+
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "auditaspect", "--db", pg_url, *args],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=120,
+        )
+
+    assert (
+        0
+        == subprocess.run(
+            [sys.executable, "-m", "auditaspect", "keygen", "--out", "k.pem"], cwd=tmp_path
+        ).returncode
+    )
+    made = cli("checkpoint", "--sign", "k.pem", "--out", "cp.json")
+    assert 0 == made.returncode, made.stderr
+    checked = cli("verify", "--checkpoint", "cp.json", "--public-key", "k.pem.pub")
+    assert 0 == checked.returncode, checked.stdout + checked.stderr
+    assert "OK: 3 rows, hash chain intact, 1 checkpoint(s) extended" in checked.stdout
+    assert "postgres@" not in (tmp_path / "cp.json").read_text()  # origin without credentials
