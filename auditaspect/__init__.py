@@ -18,6 +18,7 @@ from .events import AuditEvent, Call, EventType
 from .instrument import instrument, instrument_from_toml, uninstrument
 from .logship import LogShipper, ship_to_logging
 from .model import AuditRecord
+from .reader import AuditLog, open_log
 from .redaction import Redactor, get_redactor, set_redactor, token_prefix
 from .sink import PeeweeSink, SinkStats
 from .verification import Break, VerifyReport, verify
@@ -32,6 +33,7 @@ __all__ = [
     "AuditContext",
     "AuditError",
     "AuditEvent",
+    "AuditLog",
     "AuditRecord",
     "AuditWriteError",
     "Break",
@@ -52,6 +54,7 @@ __all__ = [
     "get_redactor",
     "instrument",
     "instrument_from_toml",
+    "open_log",
     "set_redactor",
     "ship_to_logging",
     "signals",

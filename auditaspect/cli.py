@@ -22,15 +22,18 @@ exits 1 when the chain is broken, ``redact-check`` when it found a secret.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
 import re
+import sqlite3
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, TextIO
+from urllib.parse import unquote, urlparse
 
 import peewee
 
@@ -45,7 +48,7 @@ from .checkpoints import (
     read_checkpoints,
     write_checkpoint_file,
 )
-from .database import close_database, open_database, resolve_url, sqlite_path
+from .database import close_database, mask_url, open_readonly, resolve_url
 from .model import TABLE_NAME, AuditRecord
 from .redaction import Redactor
 from .rules import RuleSet, default_rules, load_rules
@@ -57,7 +60,7 @@ __all__ = ["main", "main_exit"]
 COLUMNS = tuple(field.name for field in AuditRecord._meta.sorted_fields)
 TABLE_COLUMNS = ("id", "timestamp", "event_type", "outcome", "actor", "plan_id", "ip", "details")
 _PAGE = 1000
-_RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_RELATIVE = re.compile(r"^\s*([+-]?)(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
@@ -74,21 +77,40 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def parse_when(text: str, now: datetime | None = None) -> datetime:
-    """Parse an ISO timestamp or a relative age (``15m``, ``2h``, ``7d``) into UTC."""
+def parse_when(text: str, now: datetime | None = None, *, until: bool = False) -> datetime:
+    """Parse an ISO timestamp or an age (``15m``, ``2h``, ``7d``; ``-7d`` too) into UTC.
+
+    An age is a time before now. ``--until`` takes only a signed age
+    (``-7d``: until 7 days ago; ``+0`` or ``now``: until now): a bare ``7d``
+    there reads as "the last 7 days" to some and "until 7 days ago" to others.
+    """
+    now = now or datetime.now(timezone.utc)
+    if text.strip().lower() in ("now", "+0", "-0", "0"):
+        return now
     match = _RELATIVE.match(text)
     if match:
-        amount, unit = int(match.group(1)), match.group(2)
-        return (now or datetime.now(timezone.utc)) - timedelta(**{_UNITS[unit]: amount})
+        sign, amount, unit = match.group(1), int(match.group(2)), match.group(3)
+        if until and not sign:
+            raise UsageError(
+                f"--until {text.strip()} is ambiguous: write --until -{amount}{unit} "
+                f"for {amount}{unit} ago, or an ISO time"
+            )
+        if sign == "+" and amount:
+            raise UsageError(f"bad time {text!r}: times in the future are not in the log")
+        try:
+            return now - timedelta(**{_UNITS[unit]: amount})
+        except OverflowError:
+            raise UsageError(f"bad time {text!r}: too far in the past") from None
     try:
         value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+    except (ValueError, OverflowError):
         raise UsageError(
-            f"bad time {text!r}: use an ISO timestamp (2026-01-31T12:00) or an age like 15m, 2h, 7d"
+            f"bad time {text!r}: use an ISO timestamp (2026-01-31T12:00) or an age like "
+            "15m, 2h, 7d (-7d with --until)"
         ) from None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
 
 
 def _record_dict(row: AuditRecord) -> dict[str, Any]:
@@ -105,58 +127,126 @@ def _flat(value: Any) -> str:
     return str(value)
 
 
-class _Output:
-    """Writes rows in one of the formats, streaming."""
+# C0 and C1 controls, DEL, and the bidi controls that reorder what a terminal shows.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# What JSON leaves raw that a terminal would act on (JSON escapes C0 itself).
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
 
-    def __init__(self, fmt: str, out: TextIO) -> None:
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """``text`` with control and bidi characters shown escaped (``\\x1b``,
+    ``\\u202e``): stored text cannot move the cursor, clear the screen, start
+    a new (forged) line or reorder what the reader sees."""
+    return _CONTROL.sub(_escape, text)
+
+
+def _json_line(data: dict[str, Any]) -> str:
+    text = json.dumps(data, ensure_ascii=False)
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+# Cells a spreadsheet would run as a formula (OWASP: CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise(cell: str) -> str:
+    """A CSV cell a spreadsheet shows as text: ``'`` before a leading ``= + - @``, tab or CR."""
+    return "'" + cell if cell.startswith(_FORMULA_START) else cell
+
+
+# The table's columns and their widths: rows stream, so widths cannot be
+# measured first; longer values are cut with an ellipsis (the JSON formats
+# carry everything).
+_WIDTHS = {
+    "id": 8,
+    "timestamp": 32,
+    "event_type": 20,
+    "outcome": 7,
+    "actor": 20,
+    "plan_id": 16,
+    "ip": 15,
+    "details": 60,
+}
+
+
+def _cell(value: str, width: int) -> str:
+    value = printable(value)
+    return value if len(value) <= width else value[: width - 1] + "…"
+
+
+class _Output:
+    """Writes rows in one of the formats, one row at a time (memory stays flat)."""
+
+    def __init__(self, fmt: str, out: TextIO, *, raw_csv: bool = False) -> None:
         self.fmt = fmt
         self.out = out
         self._csv: Any = None
-        self._table_rows: list[list[str]] = []
+        self._raw_csv = raw_csv
+        self._header = False
 
     def row(self, record: AuditRecord) -> None:
         data = _record_dict(record)
         if self.fmt in ("json", "jsonl"):
-            self.out.write(json.dumps(data, ensure_ascii=False, sort_keys=False) + "\n")
+            self.out.write(_json_line(data) + "\n")
         elif self.fmt == "csv":
             if self._csv is None:
                 self._csv = csv.writer(self.out)
                 self._csv.writerow(COLUMNS)
-            self._csv.writerow([_flat(data[c]) for c in COLUMNS])
+            cells = [_flat(data[c]) for c in COLUMNS]
+            self._csv.writerow(cells if self._raw_csv else [neutralise(c) for c in cells])
         else:
-            text = [_flat(data[c]) for c in TABLE_COLUMNS]
-            text[-1] = text[-1] if len(text[-1]) <= 60 else text[-1][:59] + "…"
-            self._table_rows.append(text)
+            if not self._header:
+                self._header = True
+                self._line(list(TABLE_COLUMNS))
+                self.out.write("  ".join("-" * _WIDTHS[c] for c in TABLE_COLUMNS) + "\n")
+            self._line([_flat(data[c]) for c in TABLE_COLUMNS])
+
+    def _line(self, values: list[str]) -> None:
+        cells = (
+            _cell(v, _WIDTHS[c]).ljust(_WIDTHS[c])
+            for v, c in zip(values, TABLE_COLUMNS, strict=True)
+        )
+        self.out.write("  ".join(cells).rstrip() + "\n")
 
     def close(self) -> None:
-        if self.fmt != "table":
-            return
-        rows = [list(TABLE_COLUMNS), *self._table_rows]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE_COLUMNS))]
-        for number, row in enumerate(rows):
-            cells = (v.ljust(w) for v, w in zip(row, widths, strict=True))
-            self.out.write("  ".join(cells).rstrip() + "\n")
-            if number == 0:
-                self.out.write("  ".join("-" * w for w in widths) + "\n")
+        if self.fmt == "table" and not self._header:
+            self._line(list(TABLE_COLUMNS))
 
 
-def _open(url: str | None) -> peewee.Database:
-    path = sqlite_path(resolve_url(url))
-    if path and path != ":memory:" and not os.path.exists(path):
-        raise UsageError(f"no database file {path!r} (from {resolve_url(url)})")
+def _open(url: str | None, immutable: bool = False) -> peewee.Database:
+    """Open the log read-only (nothing created or changed) and bind the model to it."""
+    target = resolve_url(url)
     try:
-        db, _ = open_database(resolve_url(url))
+        db, _ = open_readonly(target, immutable=immutable)
         tables = db.get_tables()
-    except (ValueError, ImportError, peewee.DatabaseError) as exc:
-        raise UsageError(f"cannot open {resolve_url(url)}: {exc}") from None
+    except (
+        ValueError,
+        ImportError,
+        peewee.DatabaseError,
+        peewee.ImproperlyConfigured,
+        sqlite3.Error,
+    ) as exc:  # a driver missing (mysql://) only shows when connecting
+        raise UsageError(f"cannot open {mask_url(target)}: {mask_url(str(exc), target)}") from None
     if TABLE_NAME not in tables:
         close_database(db)
         raise UsageError(
-            f"no {TABLE_NAME} table in {resolve_url(url)}: is this the audit database?"
+            f"no {TABLE_NAME} table in {mask_url(target)}: is this the audit database?"
         )
+    if isinstance(db, peewee.SqliteDatabase):
+        # A row whose text is not UTF-8 is shown (escaped), not an error for the page.
+        db.connection().text_factory = _lenient_text  # type: ignore[no-untyped-call]
     AuditRecord.bind(db, bind_refs=False, bind_backrefs=False)
     _opened.append(db)
     return db
+
+
+def _lenient_text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
 
 
 def _filtered(args: argparse.Namespace) -> Any:
@@ -172,7 +262,7 @@ def _filtered(args: argparse.Namespace) -> Any:
     if args.since:
         query = query.where(AuditRecord.timestamp >= parse_when(args.since))
     if args.until:
-        query = query.where(AuditRecord.timestamp <= parse_when(args.until))
+        query = query.where(AuditRecord.timestamp <= parse_when(args.until, until=True))
     return query
 
 
@@ -197,8 +287,8 @@ def _pages(query: Any, limit: int | None = None) -> Iterator[AuditRecord]:
 
 
 def cmd_query(args: argparse.Namespace, out: TextIO) -> int:
-    _open(args.db)
-    output = _Output(args.format, out)
+    _open(args.db, args.immutable)
+    output = _Output(args.format, out, raw_csv=args.raw_csv)
     for row in _pages(_filtered(args), args.limit):
         output.row(row)
     output.close()
@@ -206,19 +296,38 @@ def cmd_query(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_tail(args: argparse.Namespace, out: TextIO) -> int:
-    _open(args.db)
-    newest = list(AuditRecord.select().order_by(AuditRecord.id.desc()).limit(args.lines))
+    if args.lines < 0:
+        raise UsageError(f"-n must be >= 0, not {args.lines}")
+    _open(args.db, args.immutable)
+    # The id the newest N rows start from, then those rows a page at a time:
+    # memory does not grow with N.
+    start = (
+        AuditRecord.select(AuditRecord.id)
+        .order_by(AuditRecord.id.desc())
+        .offset(args.lines - 1)
+        .limit(1)
+        .scalar()
+        if args.lines
+        else None
+    )
+    top = AuditRecord.select(peewee.fn.max(AuditRecord.id)).scalar()
+    query = AuditRecord.select()
+    if start is not None:
+        query = query.where(AuditRecord.id >= start)
     output = _Output(args.format, out)
-    for row in reversed(newest):
-        output.row(row)
+    last = top
+    if args.lines:
+        for row in _pages(query):
+            output.row(row)
+            last = row.id
     output.close()
     out.flush()
-    top = AuditRecord.select(peewee.fn.max(AuditRecord.id)).scalar()
-    last = newest[0].id if newest else (top or 0)
     while args.follow:
         time.sleep(args.interval)
-        rows = list(AuditRecord.select().where(AuditRecord.id > last).order_by(AuditRecord.id))
-        for row in rows:
+        query = AuditRecord.select()
+        if last is not None:
+            query = query.where(AuditRecord.id > last)
+        for row in _pages(query):
             line = _Output(args.format if args.format != "table" else "json", out)
             line.row(row)
             last = row.id
@@ -227,33 +336,74 @@ def cmd_tail(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
-    _open(args.db)
+    db = _open(args.db, args.immutable)
     total = AuditRecord.select().count()
     target: TextIO = out
     handle = None
+    temporary = None
     if args.output:
-        handle = open(args.output, "w", encoding="utf-8", newline="")  # noqa: SIM115
+        _refuse_log_files(args.output, db)
+        # Whole or not at all: a temporary file next to it, renamed on success.
+        temporary = f"{args.output}.tmp-{os.getpid()}"
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.output}: {_reason(exc)}") from None
+        handle = os.fdopen(fd, "w", encoding="utf-8", newline="")
         target = handle
     progress = sys.stderr.isatty() and (handle is not None or not out.isatty())
+    done = False
     try:
-        output = _Output("jsonl" if args.format == "jsonl" else "csv", target)
-        for done, row in enumerate(_pages(AuditRecord.select()), 1):
+        output = _Output("jsonl" if args.format == "jsonl" else "csv", target, raw_csv=args.raw_csv)
+        for count, row in enumerate(_pages(AuditRecord.select()), 1):
             output.row(row)
-            if progress and (done % 1000 == 0 or done == total):
+            if progress and (count % 1000 == 0 or count == total):
                 sys.stderr.write(
-                    f"\rexporting {done:,}/{total:,} rows ({done * 100 // max(total, 1)}%)"
+                    f"\rexporting {count:,}/{total:,} rows ({count * 100 // max(total, 1)}%)"
                 )
         output.close()
+        if handle is not None:
+            handle.flush()
+            os.fsync(handle.fileno())
+        done = True
     finally:
         if handle is not None:
             handle.close()
+            if done and temporary is not None:
+                os.replace(temporary, args.output)
+            elif temporary is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
         if progress:
             sys.stderr.write("\n")
     return 0
 
 
+def _refuse_log_files(path: str, db: peewee.Database) -> None:
+    """Refuse an output path that is the database, its -wal/-shm/-journal, or a spill file."""
+    database_file = _database_file(db)
+    if database_file is None:
+        return
+    target = os.path.realpath(path)
+    base = os.path.realpath(database_file)
+    spill = f"{base}.spill.jsonl"
+    if target in (base, f"{base}-wal", f"{base}-shm", f"{base}-journal", spill) or (
+        target.startswith(spill)
+    ):
+        raise UsageError(f"{path} is a file of the audit log itself: write it elsewhere")
+
+
+def _database_file(db: peewee.Database) -> str | None:
+    if not isinstance(db, peewee.SqliteDatabase):
+        return None
+    name = str(db.database)
+    if name.startswith("file:"):
+        return unquote(urlparse(name).path)
+    return None if name == ":memory:" else name
+
+
 def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
-    db = _open(args.db)
+    db = _open(args.db, args.immutable)
     marks: list[Checkpoint] = []
     if args.checkpoint:
         try:
@@ -292,7 +442,7 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
         total = report.total_breaks
         out.write(f"BROKEN: {total} break(s) in {report.rows_checked} rows checked\n")
         for found in report.breaks:
-            out.write(f"  {_printable(str(found))}\n")
+            out.write(f"  {printable(str(found))}\n")
         if total > len(report.breaks):
             counts = ", ".join(f"{kind} {n}" for kind, n in sorted(report.counts.items()))
             out.write(f"  ... {total - len(report.breaks)} more; all by kind: {counts}\n")
@@ -306,7 +456,7 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_checkpoint(args: argparse.Namespace, out: TextIO) -> int:
-    db = _open(args.db)
+    db = _open(args.db, args.immutable)
     mark = checkpoint(db, signing_key=_signing_key(args.sign))
     if args.out:
         _write_checkpoint(args.out, mark, db)
@@ -361,58 +511,37 @@ def _reason(exc: BaseException) -> str:
 
 
 def _write_checkpoint(path: str, mark: Checkpoint, db: peewee.Database) -> None:
-    database_file = db.database if isinstance(db, peewee.SqliteDatabase) else None
-    if _same_file(path, database_file):
-        raise UsageError(f"{path} is the audit database itself: write the checkpoint elsewhere")
+    _refuse_log_files(path, db)
     try:
         write_checkpoint_file(path, mark)
     except OSError as exc:
         raise UsageError(f"cannot write checkpoint {path}: {_reason(exc)}") from None
 
 
-def _same_file(path: str, database_file: str | None) -> bool:
-    if database_file is None:
-        return False
-    target = os.path.realpath(path)
-    base = os.path.realpath(database_file)
-    return target in (base, base + "-wal", base + "-shm", base + "-journal")
-
-
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def _printable(text: str) -> str:
-    """Control and bidi characters shown escaped, so text cannot drive the terminal."""
-    return _UNPRINTABLE.sub(
-        lambda m: (
-            f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}"
-        ),
-        text,
-    )
-
-
 def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
-    _open(args.db)
+    db = _open(args.db, args.immutable)
     total = AuditRecord.select().count()
     out.write(f"{total} events\n")
-    day = peewee.fn.substr(AuditRecord.timestamp.cast("text"), 1, 10)
+    day = (
+        "to_char(timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+        if isinstance(db, peewee.PostgresqlDatabase)
+        else "substr(timestamp, 1, 10)"
+    )
     groups = (
-        ("event type", AuditRecord.event_type),
-        ("actor", AuditRecord.actor),
-        ("outcome", AuditRecord.outcome),
+        ("event type", "event_type"),
+        ("actor", "actor"),
+        ("outcome", "outcome"),
         ("day (UTC)", day),
     )
-    for title, field in groups:
+    for title, expression in groups:
         out.write(f"\nby {title}:\n")
-        query = (
-            AuditRecord.select(field.alias("key"), peewee.fn.count(AuditRecord.id).alias("n"))
-            .group_by(field)
-            .order_by(peewee.fn.count(AuditRecord.id).desc(), field)
-            .tuples()
+        # By position: PostgreSQL would see two parameterised copies of an
+        # expression as different ones (GroupingError).
+        cursor = db.execute_sql(  # type: ignore[no-untyped-call]
+            f"SELECT {expression}, count(*) FROM {TABLE_NAME} GROUP BY 1 ORDER BY 2 DESC, 1"
         )
-        counts: list[tuple[Any, int]] = list(query)  # type: ignore[arg-type]
-        for key, n in counts:
-            label = "(none)" if key is None else str(key)
+        for key, n in cursor:
+            label = "(none)" if key is None else printable(str(key))
             out.write(f"  {int(n):>8}  {label}\n")
     return 0
 
@@ -449,16 +578,40 @@ def _read_text(path: str | None) -> str:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
 
 
+EXIT_CODES = """exit status:
+  0    done; verify: the log is intact; redact-check: no secret found
+  1    verify: the log is broken (each break is listed); redact-check: secrets found
+  2    a usage mistake or a log that cannot be read: one line on stderr, no traceback
+  130  interrupted (Ctrl-C)"""
+
+
 def _parser() -> _Parser:
     db_help = "database URL (default: $AUDITASPECT_DATABASE_URL, else sqlite:///audit.db)"
-    parser = _Parser(prog="auditaspect", description="Read and check an auditaspect audit log.")
+    immutable_help = (
+        "read a SQLite file as a snapshot nobody writes (a copy, read-only media): "
+        "no lock, no -shm file"
+    )
+    parser = _Parser(
+        prog="auditaspect",
+        description="Read and check an auditaspect audit log (read-only: it never writes to it).",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"auditaspect {__version__}")
     parser.add_argument("--db", help=db_help)
+    parser.add_argument("--immutable", action="store_true", help=immutable_help)
     # --db also after the command (auditaspect query --db URL), without
     # overwriting one given before it.
     common = _Parser(add_help=False)
     common.add_argument("--db", default=argparse.SUPPRESS, help=db_help)
+    common.add_argument(
+        "--immutable", action="store_true", default=argparse.SUPPRESS, help=immutable_help
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    raw_help = (
+        "CSV cells exactly as stored (for programs); by default a cell starting with "
+        "= + - @ or a tab gets a leading ' so a spreadsheet shows it as text"
+    )
 
     query = sub.add_parser("query", parents=[common], help="list events, filtered")
     query.add_argument("--type", action="append", help="event type (repeatable)")
@@ -466,9 +619,10 @@ def _parser() -> _Parser:
     query.add_argument("--plan")
     query.add_argument("--outcome", choices=("success", "failure"))
     query.add_argument("--since", help="ISO timestamp or age (15m, 2h, 7d)")
-    query.add_argument("--until", help="ISO timestamp or age")
+    query.add_argument("--until", help="ISO timestamp, now, or a signed age (-7d: 7 days ago)")
     query.add_argument("--limit", type=int)
     query.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    query.add_argument("--raw-csv", action="store_true", help=raw_help)
     query.set_defaults(run=cmd_query)
 
     tail = sub.add_parser("tail", parents=[common], help="the newest events; -f to follow")
@@ -480,7 +634,10 @@ def _parser() -> _Parser:
 
     export = sub.add_parser("export", parents=[common], help="every event, streamed")
     export.add_argument("--format", choices=("jsonl", "csv"), required=True)
-    export.add_argument("--output", help="file to write (default: standard output)")
+    export.add_argument(
+        "--output", help="file to write, 0600, whole or not at all (default: standard output)"
+    )
+    export.add_argument("--raw-csv", action="store_true", help=raw_help)
     export.set_defaults(run=cmd_export)
 
     check = sub.add_parser(
@@ -530,21 +687,34 @@ def _parser() -> _Parser:
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-    """Run the command line; return the exit status."""
+    """Run the command line; return the exit status (see ``EXIT_CODES``).
+
+    Never raises and never prints a traceback: a mistake, or a log that
+    cannot be read, is one line on standard error (any database password
+    masked) and status 2.
+    """
     stream = out or sys.stdout
+    args: argparse.Namespace | None = None
     try:
         args = _parser().parse_args(argv)
         if getattr(args, "limit", None) is not None and args.limit < 0:
             raise UsageError("--limit must be >= 0")
         return int(args.run(args, stream))
     except UsageError as exc:
-        sys.stderr.write(f"auditaspect: {exc}\n")
+        sys.stderr.write(f"auditaspect: {printable(mask_url(str(exc)))}\n")
         return 2
     except BrokenPipeError:  # `auditaspect query | head`
-        sys.stderr.close()
+        with contextlib.suppress(OSError):
+            sys.stderr.close()
         return 0
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a database error mid-command: one line, not a traceback
+        url = resolve_url(getattr(args, "db", None))
+        text = str(exc).strip().splitlines()
+        reason = mask_url(text[0] if text else type(exc).__name__, url)
+        sys.stderr.write(f"auditaspect: {type(exc).__name__}: {printable(reason)}\n")
+        return 2
     finally:
         while _opened:
             close_database(_opened.pop())

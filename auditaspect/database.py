@@ -6,9 +6,11 @@ same database, opened the same way, everywhere.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 import peewee
 from playhouse import db_url
@@ -18,7 +20,9 @@ __all__ = [
     "ENV_URL",
     "close_database",
     "database_origin",
+    "mask_url",
     "open_database",
+    "open_readonly",
     "resolve_url",
 ]
 
@@ -36,10 +40,54 @@ def resolve_url(url: str | None) -> str:
     return url or os.environ.get(ENV_URL) or DEFAULT_URL
 
 
+def mask_url(text: str, url: str | None = None) -> str:
+    """``text`` with the password of ``url`` (or of every URL in ``text``) shown as ``***``.
+
+    For every message and log line that names a database: a URL from
+    ``$AUDITASPECT_DATABASE_URL`` may carry a password.
+    """
+    if url is not None:
+        password = _password(url)
+        if password:
+            text = text.replace(password, "***")
+            quoted = quote(password, safe="")
+            if quoted != password:
+                text = text.replace(quoted, "***")
+    return _URL_PASSWORD.sub(r"\1***\2", text)
+
+
+_URL_PASSWORD = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]*(@)")
+
+
+class _MaskPasswords(logging.Filter):
+    """Every log line of the package shows URLs without their password."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "://" in message:
+            masked = mask_url(message)
+            if masked != message:
+                record.msg, record.args = masked, None
+        return True
+
+
+logging.getLogger("auditaspect").addFilter(_MaskPasswords())
+
+
+def _password(url: str) -> str | None:
+    try:
+        return urlparse(url).password
+    except ValueError:
+        return None
+
+
 def sqlite_path(url: str) -> str | None:
-    """Return the file path of a ``sqlite:///`` URL (``None`` for other URLs)."""
+    """Return the file path of a ``sqlite:///`` URL (``None`` for other URLs).
+
+    ``sqlite+pool:///`` names a file the same way, and is opened the same way.
+    """
     parsed = urlparse(url)
-    if parsed.scheme != "sqlite":
+    if parsed.scheme not in ("sqlite", "sqlite+pool"):
         return None
     path = unquote(parsed.path)
     # sqlite:///audit.db is relative, sqlite:////var/audit.db absolute.
@@ -129,12 +177,60 @@ def open_database(database: peewee.Database | str | None) -> tuple[peewee.Databa
         if urlparse(url).scheme.startswith("postgres"):
             return _open_postgres(url), True
         return db_url.connect(url), True
-    except RuntimeError as exc:  # db_url's "unsupported scheme"
+    except (RuntimeError, peewee.ImproperlyConfigured) as exc:  # unknown scheme, no driver
         scheme = urlparse(url).scheme or "(none)"
         raise ValueError(
             f"cannot open audit database URL scheme {scheme!r}; "
             "use sqlite:///path.db or postgresql://user:pass@host/db"
         ) from exc
+
+
+def open_readonly(
+    database: peewee.Database | str | None, *, immutable: bool = False
+) -> tuple[peewee.Database, bool]:
+    """Like :func:`open_database`, for readers: nothing is created or changed.
+
+    A SQLite file is opened with a ``mode=ro`` URI and no pragmas (setting
+    WAL mode would write to the file); a missing file is a ``ValueError``.
+    A log in WAL mode whose directory the reader cannot write (no ``-shm``
+    file can be made) and that has no ``-wal`` file left is opened
+    ``immutable=1``: nothing is pending, and nothing can write there
+    either. With ``immutable=True`` it always is (a snapshot: rows written
+    while it is open are not seen). PostgreSQL sessions are read-only
+    (``default_transaction_read_only``). A ``Database`` object is used as it is.
+    """
+    if isinstance(database, peewee.Database):
+        return database, False
+    url = resolve_url(database)
+    path = sqlite_path(url)
+    if path is None:
+        db, owned = open_database(url)
+        if isinstance(db, peewee.PostgresqlDatabase):
+            db.connect_params["options"] = "-c default_transaction_read_only=on"
+        return db, owned
+    if not path or path == ":memory:":
+        raise ValueError(f"{url!r} names no file to read; use sqlite:///audit.db")
+    if not os.path.isfile(path):
+        raise ValueError(f"no database file {path!r}")
+    db = _sqlite_readonly(path, immutable)
+    if not immutable:
+        try:
+            db.execute_sql("SELECT count(*) FROM sqlite_master")  # type: ignore[no-untyped-call]
+        except peewee.OperationalError as exc:
+            db.close()
+            if os.path.exists(f"{path}-wal"):
+                raise ValueError(
+                    f"cannot read {path} read-only ({exc}): a writer left {path}-wal and the "
+                    "directory is not writable; read it where the -shm file can be made, "
+                    "or copy the database with its -wal file"
+                ) from None
+            db = _sqlite_readonly(path, immutable=True)
+    return db, True
+
+
+def _sqlite_readonly(path: str, immutable: bool) -> peewee.Database:
+    uri = f"file:{quote(os.path.abspath(path))}?mode=ro" + ("&immutable=1" if immutable else "")
+    return peewee.SqliteDatabase(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT)
 
 
 def close_database(database: peewee.Database) -> None:
@@ -161,6 +257,8 @@ def database_origin(database: peewee.Database, table: str) -> str:
     """
     name = database.database or ""
     if isinstance(database, peewee.SqliteDatabase):
+        if name.startswith("file:"):  # a URI (read-only openers)
+            name = unquote(urlparse(name).path)
         where = name if name == ":memory:" else os.path.realpath(name)
         return f"sqlite:{where}#{table}"
     params = getattr(database, "connect_params", {}) or {}

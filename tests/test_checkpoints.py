@@ -214,7 +214,7 @@ def test_the_command_line_makes_and_checks_signed_checkpoints(tmp_path):
 
     refused = run("--db", url, "checkpoint", "--out", "log.db", cwd=tmp_path)
     assert 2 == refused.returncode
-    assert "is the audit database itself" in refused.stderr
+    assert "is a file of the audit log itself" in refused.stderr
 
 
 def test_a_sink_writes_signed_checkpoints_by_itself(tmp_path, keys):

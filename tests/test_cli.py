@@ -82,7 +82,7 @@ def test_query_filters(log):
     assert [1] == ns("--plan", "plan-1")
     assert [2] == ns("--outcome", "failure")
     assert [2, 3] == ns("--since", "1h")
-    assert [0, 1] == ns("--until", "2h")
+    assert [0, 1] == ns("--until", "-2h")
     since = (datetime.now(timezone.utc) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S")
     assert [1, 2, 3] == ns("--since", since)
     assert [0, 1] == ns("--limit", "2")
