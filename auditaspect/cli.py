@@ -686,6 +686,19 @@ def _parser() -> _Parser:
     return parser
 
 
+def _join_signed_ages(argv: Sequence[str]) -> list[str]:
+    """``--until -7d`` as ``--until=-7d``: argparse takes ``-7d`` for an option."""
+    joined: list[str] = []
+    pending = False
+    for word in argv:
+        if pending and _RELATIVE.match(word):
+            joined[-1] = f"{joined[-1]}={word}"
+        else:
+            joined.append(word)
+        pending = word in ("--since", "--until")
+    return joined
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Run the command line; return the exit status (see ``EXIT_CODES``).
 
@@ -696,7 +709,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     stream = out or sys.stdout
     args: argparse.Namespace | None = None
     try:
-        args = _parser().parse_args(argv)
+        args = _parser().parse_args(_join_signed_ages(sys.argv[1:] if argv is None else argv))
         if getattr(args, "limit", None) is not None and args.limit < 0:
             raise UsageError("--limit must be >= 0")
         return int(args.run(args, stream))

@@ -505,3 +505,33 @@ def test_signed_checkpoints_on_postgresql(pg_url, tmp_path):
     assert 0 == checked.returncode, checked.stdout + checked.stderr
     assert "OK: 3 rows, hash chain intact, 1 checkpoint(s) extended" in checked.stdout
     assert "postgres@" not in (tmp_path / "cp.json").read_text()  # origin without credentials
+
+
+def test_the_command_line_reads_postgresql_read_only(pg_url):
+    """stats (a GroupingError before), query, tail and verify on PostgreSQL; the
+    read API's session cannot write."""
+    from auditaspect import open_log
+
+    with PeeweeSink(pg_url):
+        for i in range(3):
+            emit("config_changed", actor=f"user{i % 2}", key=f"k{i}")
+
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "auditaspect", "--db", pg_url, *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    stats = cli("stats")
+    assert 0 == stats.returncode, stats.stderr
+    day = stats.stdout.split("by day (UTC):\n")[1].split()
+    assert ("3", 10) == (day[0], len(day[1]))  # "2026-11-30", a date
+    for args in (["query", "--format", "csv"], ["tail", "-n", "2"], ["verify"]):
+        result = cli(*args)
+        assert 0 == result.returncode, (args, result.stderr)
+    with open_log(pg_url) as log:
+        assert 3 == log.select().count()
+        with pytest.raises(peewee.InternalError, match="read-only transaction"):
+            log.database.execute_sql("CREATE TABLE should_not_exist (x int)")
