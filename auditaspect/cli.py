@@ -214,8 +214,10 @@ class _Output:
         self.out.write("  ".join(cells).rstrip() + "\n")
 
     def close(self) -> None:
-        if self.fmt == "table" and not self._header:
+        if self.fmt == "table" and not self._header:  # no rows: the header alone
+            self._header = True
             self._line(list(TABLE_COLUMNS))
+            self.out.write("  ".join("-" * _WIDTHS[c] for c in TABLE_COLUMNS) + "\n")
 
 
 def _open(url: str | None, immutable: bool = False) -> peewee.Database:

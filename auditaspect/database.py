@@ -218,6 +218,9 @@ def open_readonly(
             db.execute_sql("SELECT count(*) FROM sqlite_master")  # type: ignore[no-untyped-call]
         except peewee.OperationalError as exc:
             db.close()
+            directory = os.path.dirname(os.path.abspath(path))
+            if os.access(directory, os.W_OK):
+                raise  # not the read-only directory case (locked, corrupt): say so
             if os.path.exists(f"{path}-wal"):
                 raise ValueError(
                     f"cannot read {path} read-only ({exc}): a writer left {path}-wal and the "

@@ -406,6 +406,19 @@ print(status, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
+@pytest.fixture(scope="module")
+def big_logs(tmp_path_factory) -> dict[int, Path]:
+    """Logs of 20,000 and 200,000 rows, built once for the streaming tests."""
+    from test_forgery import BUILD
+
+    where = tmp_path_factory.mktemp("big")
+    logs = {}
+    for count in (20_000, 200_000):
+        logs[count] = where / f"log-{count}.db"
+        subprocess.run([sys.executable, "-c", BUILD, str(logs[count]), str(count)], check=True)
+    return logs
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -415,16 +428,11 @@ print(status, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
         ["tail", "-n", "200000"],
     ],
 )
-def test_reading_the_log_streams(tmp_path, args):
+def test_reading_the_log_streams(big_logs, args):
     """Each format holds a page, not the log: 200,000 rows take about the memory
     20,000 do."""
-    from test_forgery import BUILD
-
     peaks = {}
-    for count in (20_000, 200_000):
-        path = tmp_path / f"log-{count}.db"
-        if not path.exists():
-            subprocess.run([sys.executable, "-c", BUILD, str(path), str(count)], check=True)
+    for count, path in big_logs.items():
         result = subprocess.run(
             [sys.executable, "-c", MEASURE, *args, "--db", f"sqlite:///{path}"],
             capture_output=True,
