@@ -399,9 +399,7 @@ def _database_file(db: peewee.Database) -> str | None:
     if not isinstance(db, peewee.SqliteDatabase):
         return None
     name = str(db.database)
-    if name.startswith("file:"):
-        return unquote(urlparse(name).path)
-    return None if name == ":memory:" else name
+    return unquote(urlparse(name).path) if name.startswith("file:") else name
 
 
 def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:

@@ -49,10 +49,9 @@ def mask_url(text: str, url: str | None = None) -> str:
     if url is not None:
         password = _password(url)
         if password:
-            text = text.replace(password, "***")
-            quoted = quote(password, safe="")
-            if quoted != password:
-                text = text.replace(quoted, "***")
+            # As written in the URL, and as a driver would print it (decoded).
+            for spelling in {password, unquote(password), quote(unquote(password), safe="")}:
+                text = text.replace(spelling, "***")
     return _URL_PASSWORD.sub(r"\1***\2", text)
 
 
@@ -219,8 +218,8 @@ def open_readonly(
         except peewee.OperationalError as exc:
             db.close()
             directory = os.path.dirname(os.path.abspath(path))
-            if os.access(directory, os.W_OK):
-                raise  # not the read-only directory case (locked, corrupt): say so
+            if os.access(directory, os.W_OK):  # pragma: no cover - locked or damaged
+                raise  # not the read-only directory case: say what it is
             if os.path.exists(f"{path}-wal"):
                 raise ValueError(
                     f"cannot read {path} read-only ({exc}): a writer left {path}-wal and the "

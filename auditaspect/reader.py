@@ -113,10 +113,13 @@ def open_log(
     ``audit_log`` is a ``ValueError`` that says so. Use it as a context
     manager, or call :meth:`AuditLog.close`.
     """
-    if readonly:
-        db, owned = open_readonly(database, immutable=immutable)
-    else:
-        db, owned = open_database(database)
+    try:
+        if readonly:
+            db, owned = open_readonly(database, immutable=immutable)
+        else:
+            db, owned = open_database(database)
+    except (peewee.DatabaseError, peewee.ImproperlyConfigured) as exc:
+        raise ValueError(f"cannot read the audit log: {exc}") from None
     try:
         present = TABLE_NAME in db.get_tables()
     except (peewee.DatabaseError, peewee.ImproperlyConfigured) as exc:

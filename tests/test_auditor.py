@@ -469,3 +469,126 @@ def test_log_lines_mask_any_url_password(caplog):
     logging.getLogger("auditaspect").error("cannot reach %s", "postgresql://w:pw123456@db/x")
     assert "pw123456" not in caplog.text
     assert "postgresql://w:***@db/x" in caplog.text
+
+
+def test_an_empty_result_prints_the_header(log):
+    url, _ = log
+    result = run("query", "--actor", "nobody", "--db", url)
+    assert 2 == len(result.stdout.splitlines())
+
+
+def test_a_failed_export_leaves_the_previous_file(log, tmp_path, monkeypatch, capsys):
+    """Whole or not at all: the temporary file goes, the old export stays."""
+    from auditaspect import cli
+
+    url, _ = log
+    target = tmp_path / "out.jsonl"
+    target.write_text("previous export\n")
+    calls = []
+
+    def failing_row(self, record):
+        calls.append(record.id)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        self.out.write("partial\n")
+
+    monkeypatch.setattr(cli._Output, "row", failing_row)
+    assert 2 == main(["export", "--format", "jsonl", "--output", str(target), "--db", url])
+    assert "No space left on device" in capsys.readouterr().err
+    assert "previous export\n" == target.read_text()
+    assert ["out.jsonl"] == [p.name for p in tmp_path.iterdir() if p.name.startswith("out")]
+
+
+def test_a_closed_pipe_and_ctrl_c_end_quietly(tmp_path):
+    """`auditaspect query | head -1` exits 0 without a traceback; Ctrl-C in
+    `tail -f` exits 130."""
+    import signal
+    import time
+
+    url = f"sqlite:///{tmp_path / 'many.db'}"
+    with PeeweeSink(url):
+        for i in range(3000):
+            emit("config_changed", key=f"k{i}")
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "auditaspect", "query", "--format", "json", "--db", url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert reader.stdout is not None
+    reader.stdout.readline()
+    reader.stdout.close()
+    _, errors = reader.communicate(timeout=60)
+    assert (0, b"") == (reader.returncode, errors)
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "auditaspect", "tail", "-f", "-n", "1", "--db", url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert follower.stdout is not None
+    assert "k2999" in follower.stdout.readline() + follower.stdout.readline() + (
+        follower.stdout.readline()
+    )
+    with PeeweeSink(url):
+        emit("config_changed", key="followed")
+    deadline = time.monotonic() + 30
+    seen = ""
+    while "followed" not in seen and time.monotonic() < deadline:
+        seen += follower.stdout.readline()
+    follower.send_signal(signal.SIGINT)
+    _, errors = follower.communicate(timeout=30)
+    assert (130, "") == (follower.returncode, errors)
+    assert "followed" in seen
+
+
+def test_passwords_are_masked_in_any_spelling():
+    from auditaspect.database import mask_url
+
+    url = "postgresql://u:p%40ss@h/db"
+    assert "cannot connect as u:***@h" == mask_url("cannot connect as u:p@ss@h", url)
+    assert "x postgresql://u:***@h/db" == mask_url(f"x {url}")
+    assert "postgresql://u:***@h:bad/db" == mask_url(
+        "postgresql://u:pw@h:bad/db", "postgresql://u:pw@h:bad/db"
+    )
+
+
+def test_open_log_variants(tmp_path, log):
+    import peewee
+
+    url, path = log
+    db = peewee.SqliteDatabase(str(path))
+    with open_log(db) as audit:  # a Database of the caller's: used, and left open
+        assert 3 == audit.select().count()
+    assert not db.is_closed()
+    db.close()
+    with open_log(url, readonly=False) as audit:
+        assert 3 == audit.select().count()
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database at all, not even close" * 100)
+    with pytest.raises(ValueError, match="cannot read the audit log"):
+        open_log(f"sqlite:///{garbage}")
+    with pytest.raises(ValueError, match="names no file"):
+        open_log("sqlite:///")
+
+
+def test_a_pending_wal_in_an_unwritable_directory_is_one_clear_line(log):
+    url, path = log
+    Path(f"{path}-wal").write_bytes(b"")
+    path.parent.chmod(0o555)
+    drop = [
+        "setpriv",
+        "--bounding-set=-dac_override,-dac_read_search,-fowner",
+        "--inh-caps=-dac_override,-dac_read_search,-fowner",
+    ]
+    try:
+        result = subprocess.run(
+            [*drop, sys.executable, "-m", "auditaspect", "verify", "--db", url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        path.parent.chmod(0o755)
+    assert 2 == result.returncode
+    assert "a writer left" in result.stderr
+    assert 1 == len(result.stderr.splitlines())

@@ -507,7 +507,7 @@ def test_signed_checkpoints_on_postgresql(pg_url, tmp_path):
     assert "postgres@" not in (tmp_path / "cp.json").read_text()  # origin without credentials
 
 
-def test_the_command_line_reads_postgresql_read_only(pg_url):
+def test_the_command_line_reads_postgresql_read_only(pg_url, tmp_path):
     """stats (a GroupingError before), query, tail and verify on PostgreSQL; the
     read API's session cannot write."""
     from auditaspect import open_log
@@ -528,7 +528,12 @@ def test_the_command_line_reads_postgresql_read_only(pg_url):
     assert 0 == stats.returncode, stats.stderr
     day = stats.stdout.split("by day (UTC):\n")[1].split()
     assert ("3", 10) == (day[0], len(day[1]))  # "2026-11-30", a date
-    for args in (["query", "--format", "csv"], ["tail", "-n", "2"], ["verify"]):
+    for args in (
+        ["query", "--format", "csv"],
+        ["tail", "-n", "2"],
+        ["verify"],
+        ["export", "--format", "jsonl", "--output", str(tmp_path / "export.jsonl")],
+    ):
         result = cli(*args)
         assert 0 == result.returncode, (args, result.stderr)
     with open_log(pg_url) as log:
