@@ -49,6 +49,7 @@ from .checkpoints import (
     write_checkpoint_file,
 )
 from .database import close_database, mask_url, open_readonly, resolve_url
+from .errors import first_line
 from .model import TABLE_NAME, AuditRecord
 from .redaction import Redactor
 from .rules import RuleSet, default_rules, load_rules
@@ -506,8 +507,7 @@ def _keyring(paths: list[str] | None) -> list[TrustedKey]:
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    return first_line(exc)
 
 
 def _write_checkpoint(path: str, mark: Checkpoint, db: peewee.Database) -> None:
@@ -724,8 +724,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return 130
     except Exception as exc:  # a database error mid-command: one line, not a traceback
         url = resolve_url(getattr(args, "db", None))
-        text = str(exc).strip().splitlines()
-        reason = mask_url(text[0] if text else type(exc).__name__, url)
+        reason = mask_url(first_line(exc), url)
         sys.stderr.write(f"auditaspect: {type(exc).__name__}: {printable(reason)}\n")
         return 2
     finally:

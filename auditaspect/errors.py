@@ -6,7 +6,7 @@ raise or recognise them without importing a later stage.
 
 from __future__ import annotations
 
-__all__ = ["AppendOnlyError", "AuditError", "AuditWriteError"]
+__all__ = ["AppendOnlyError", "AuditError", "AuditWriteError", "first_line"]
 
 
 class AuditError(Exception):
@@ -25,9 +25,18 @@ class AuditWriteError(AuditError):
 
 
 class AppendOnlyError(AuditError):
-    """Someone tried to update or delete an audit row.
+    """Someone tried to write an audit row other than through a sink.
 
-    The audit log is append-only: ``AuditRecord`` refuses ``save()`` of an
-    existing row, ``update()``, ``delete()``, ``delete_instance()`` and
-    ``replace()``, and the table's triggers refuse the same at the database.
+    The audit log is append-only and chained: ``AuditRecord`` refuses every
+    write (``create()``, ``save()``, ``insert*()``, ``replace()``,
+    ``update()``, ``delete()``, ``delete_instance()``), and the table's
+    triggers refuse updates, deletes and any insert that is not the chain's
+    next row at the database.
     """
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its class name if it has none),
+    for one-line reports."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

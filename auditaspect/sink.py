@@ -51,7 +51,7 @@ import peewee
 
 from .checkpoints import Checkpoint, CheckpointWriter, read_head
 from .database import close_database, database_origin, open_database
-from .errors import AuditError, AuditWriteError
+from .errors import AuditError, AuditWriteError, first_line
 from .events import COLUMN_LIMITS, AuditEvent, dumps_details, event_type_value, fit_column
 from .integrity import (
     CHAINED_FIELDS,
@@ -611,7 +611,7 @@ class PeeweeSink:
                 close_database(self.database)
             reason = spill_exc.strerror or str(spill_exc)
             raise AuditError(
-                f"cannot open the audit database {self.spill.origin} ({_first_line(exc)}) "
+                f"cannot open the audit database {self.spill.origin} ({first_line(exc)}) "
                 f"and cannot write the spill file {self.spill.path} ({reason}): "
                 "give the sink a writable database or spill_path"
             ) from exc
@@ -622,7 +622,7 @@ class PeeweeSink:
         logger.error(
             "audit database %s is unavailable (%s); events spill to %s until it works",
             self.spill.origin,
-            _first_line(exc),
+            first_line(exc),
             self.spill.path,
         )
         self._reset_connection()
@@ -1058,11 +1058,6 @@ def _refused_for_content(exc: BaseException) -> bool:
         return True
     text = str(exc).lower()
     return "index row" in text or "too long" in text or "exceeds" in text
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _default_spill_path(database: peewee.Database, origin: str) -> str:

@@ -33,6 +33,7 @@ import peewee
 
 from .checkpoints import Checkpoint, TrustedKey, keyring
 from .database import close_database, open_database
+from .errors import first_line
 from .integrity import (
     CHAINED_FIELDS,
     GENESIS,
@@ -171,7 +172,7 @@ def verify(
             db.connection().text_factory = _lenient_text  # type: ignore[no-untyped-call]
         return _verify(db, keys[0], by_id, marks, trusted, findings, progress)
     except Exception as exc:  # verify reports what it cannot read, it does not raise
-        findings.add("unreadable", None, f"the database cannot be read: {_line(exc)}")
+        findings.add("unreadable", None, f"the database cannot be read: {first_line(exc)}")
         return _report(findings, 0, None, marks)
     finally:
         if owned:
@@ -190,11 +191,6 @@ def _marks(checkpoint: Any) -> list[Checkpoint]:
     if isinstance(checkpoint, Mapping):
         return [Checkpoint.from_dict(checkpoint)]
     return [m if isinstance(m, Checkpoint) else Checkpoint.from_dict(m) for m in checkpoint]
-
-
-def _line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _verify(
@@ -300,7 +296,8 @@ def _walk(
             findings.add(
                 "unreadable",
                 None if row.after is None else row.after + 1,
-                f"rows after {where} cannot be read ({_line(row.error)}); they were not checked",
+                f"rows after {where} cannot be read ({first_line(row.error)}); "
+                "they were not checked",
             )
             break
         checked += 1

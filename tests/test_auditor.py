@@ -22,6 +22,13 @@ from hypothesis import strategies as st
 from auditaspect import AuditEvent, AuditRecord, PeeweeSink, emit, open_log
 from auditaspect.cli import main, neutralise, printable
 
+# Root without the capabilities that bypass file permissions: its reads and
+# writes are checked like any other user's.
+DROP_FILE_CAPABILITIES = [
+    "setpriv",
+    "--bounding-set=-dac_override,-dac_read_search,-fowner",
+    "--inh-caps=-dac_override,-dac_read_search,-fowner",
+]
 HOSTILE_ACTOR = "mallory\x1b[2J\x1b]0;pwned\x07\nFAKE  row\u202egnp.exe\x9b31m"
 
 
@@ -125,11 +132,7 @@ def test_a_reader_without_write_access_reads_a_quiet_log(tmp_path, log):
     before = digest(path)
     path.chmod(0o444)
     path.parent.chmod(0o555)
-    drop = [
-        "setpriv",
-        "--bounding-set=-dac_override,-dac_read_search,-fowner",
-        "--inh-caps=-dac_override,-dac_read_search,-fowner",
-    ]
+    drop = DROP_FILE_CAPABILITIES
     try:
         probe = subprocess.run([*drop, "touch", str(path.parent / "probe")], capture_output=True)
         assert 0 != probe.returncode, "the permission checks are not in force"
@@ -575,11 +578,7 @@ def test_a_pending_wal_in_an_unwritable_directory_is_one_clear_line(log):
     url, path = log
     Path(f"{path}-wal").write_bytes(b"")
     path.parent.chmod(0o555)
-    drop = [
-        "setpriv",
-        "--bounding-set=-dac_override,-dac_read_search,-fowner",
-        "--inh-caps=-dac_override,-dac_read_search,-fowner",
-    ]
+    drop = DROP_FILE_CAPABILITIES
     try:
         result = subprocess.run(
             [*drop, sys.executable, "-m", "auditaspect", "verify", "--db", url],
