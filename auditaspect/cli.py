@@ -224,6 +224,7 @@ class _Output:
 def _open(url: str | None, immutable: bool = False) -> peewee.Database:
     """Open the log read-only (nothing created or changed) and bind the model to it."""
     target = resolve_url(url)
+    db: peewee.Database | None = None
     try:
         db, _ = open_readonly(target, immutable=immutable)
         tables = db.get_tables()
@@ -234,6 +235,8 @@ def _open(url: str | None, immutable: bool = False) -> peewee.Database:
         peewee.ImproperlyConfigured,
         sqlite3.Error,
     ) as exc:  # a driver missing (mysql://) only shows when connecting
+        if db is not None:
+            close_database(db)
         raise UsageError(f"cannot open {mask_url(target)}: {mask_url(str(exc), target)}") from None
     if TABLE_NAME not in tables:
         close_database(db)

@@ -215,8 +215,10 @@ def open_readonly(
     if not immutable:
         try:
             db.execute_sql("SELECT count(*) FROM sqlite_master")  # type: ignore[no-untyped-call]
-        except peewee.OperationalError as exc:
+        except peewee.DatabaseError as exc:
             db.close()
+            if not isinstance(exc, peewee.OperationalError):
+                raise  # not a database at all, or a damaged one
             directory = os.path.dirname(os.path.abspath(path))
             if os.access(directory, os.W_OK):  # pragma: no cover - locked or damaged
                 raise  # not the read-only directory case: say what it is
