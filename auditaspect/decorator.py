@@ -35,7 +35,7 @@ from .events import (
 from .redaction import TRUNCATED_KEY, Redactor, get_redactor
 from .signals import audit_event, has_receivers, send, signal_for
 
-__all__ = ["Extractor", "audited", "emit"]
+__all__ = ["Extractor", "FailedCheck", "Predicate", "Recorder", "audited", "emit"]
 
 logger = logging.getLogger("auditaspect")
 
@@ -164,31 +164,64 @@ def _with_error(event: AuditEvent, text: str) -> AuditEvent:
     return changed
 
 
-class _Audit:
-    """The per-decoration state shared by the sync and async wrappers."""
+Predicate = Callable[[Call], bool]
+FailedCheck = Callable[[Call], "bool | str | None"]
 
-    __slots__ = ("binder", "event_type", "extractor", "is_static", "on_error", "signal", "target")
+
+class Recorder:
+    """Turns one audited call into its event: the state behind ``@audited``.
+
+    Shared by the sync and async wrappers and by the web integrations, which
+    build the :class:`Call` themselves (from a request and its response) and
+    hand it to :meth:`record`.
+    """
+
+    __slots__ = (
+        "binder",
+        "error_signal",
+        "event_type",
+        "extractor",
+        "failed_check",
+        "is_static",
+        "on_error",
+        "signal",
+        "target",
+        "when",
+    )
 
     def __init__(
         self,
-        func: Callable[..., Any],
+        target: str,
         event_type: str,
-        extractor: Extractor | None,
-        on_error: str | None,
+        extractor: Extractor | None = None,
+        on_error: str | None = None,
         *,
-        is_static: bool,
+        when: Predicate | None = None,
+        failed: FailedCheck | None = None,
+        func: Callable[..., Any] | None = None,
+        is_static: bool = False,
     ) -> None:
-        self.event_type = event_type
+        self.event_type = event_type_value(event_type)
+        self.on_error = None if on_error is None else event_type_value(on_error)
+        for name, value in (("extractor", extractor), ("when", when), ("failed", failed)):
+            if value is not None and not callable(value):
+                raise TypeError(f"{name} must be callable or None, not {type(value).__name__}")
         self.extractor = extractor
-        self.on_error = on_error
+        self.when = when
+        self.failed_check = failed
         self.is_static = is_static
-        self.binder = Binder(func)
+        self.binder = Binder(func) if func is not None else None
         # Looked up once: the wrapper checks its receivers on every call.
-        self.signal = signal_for(event_type)
-        self.target = f"{func.__module__}.{func.__qualname__}"
+        self.signal = signal_for(self.event_type)
+        # A returned call marked failed is sent as on_error (else as event_type).
+        self.error_signal = (
+            signal_for(self.on_error) if self.on_error is not None and failed else self.signal
+        )
+        self.target = target
 
     def call(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any], **kw: Any) -> Call:
         skip = instance is not None and not self.is_static
+        assert self.binder is not None
         return Call(
             target=self.target,
             arguments=self.binder.bind(args, kwargs, skip_first=skip),
@@ -208,6 +241,56 @@ class _Audit:
             logger.exception("audit extractor for %s failed; recording the arguments", self.target)
             return {"extractor_error": describe_error(exc), "arguments": call.arguments}
 
+    def wanted(self, call: Call) -> bool:
+        """``when(call)``; a ``when`` that raises is logged and the call recorded."""
+        if self.when is None:
+            return True
+        try:
+            return bool(self.when(call))
+        except Exception:
+            logger.exception("audit condition (when=) of %s failed; recording it", self.target)
+            return True
+
+    def verdict(self, call: Call) -> tuple[bool, str | None]:
+        """Whether a call that returned failed, and why (``failed(call)``).
+
+        A ``failed`` that raises is logged and the call counted as failed: an
+        outcome nobody could establish must not be recorded as a success.
+        """
+        if self.failed_check is None:
+            return False, None
+        try:
+            answer = self.failed_check(call)
+        except Exception as exc:
+            logger.exception("audit outcome check (failed=) for %s failed", self.target)
+            return True, f"could not tell whether the call failed: {describe_error(exc)}"
+        if isinstance(answer, str):
+            return bool(answer), answer or None
+        return bool(answer), None
+
+    def record(self, sender: Any, call: Call) -> AuditEvent | None:
+        """Build and send the event of a call that returned; return it (None if skipped).
+
+        Receiver errors are isolated by :func:`signals.send`, except a strict
+        sink's ``AuditWriteError``, which propagates.
+        """
+        if not self.wanted(call):
+            return None
+        failed, reason = self.verdict(call)
+        if not failed:
+            if not has_receivers(self.event_type):
+                return None
+            event = build_event(self.event_type, self.details(call), target=self.target)
+        else:
+            event_type = self.on_error or self.event_type
+            if not has_receivers(event_type):
+                return None
+            event = build_event(event_type, self.details(call), target=self.target, outcome=FAILURE)
+            if reason is not None:
+                event = _with_error(event, reason)
+        send(sender, event)
+        return event
+
     def succeeded(
         self,
         wrapped: Any,
@@ -217,8 +300,11 @@ class _Audit:
         result: Any,
     ) -> None:
         call = self.call(instance, args, kwargs, result=result)
-        event = build_event(self.event_type, self.details(call), target=self.target)
-        send(instance if instance is not None else wrapped, event)
+        if self.when is None and self.failed_check is None:  # the common case, kept direct
+            event = build_event(self.event_type, self.details(call), target=self.target)
+            send(instance if instance is not None else wrapped, event)
+        else:
+            self.record(instance if instance is not None else wrapped, call)
 
     def failed(
         self,
@@ -233,6 +319,8 @@ class _Audit:
             return
         try:
             call = self.call(instance, args, kwargs, error=error)
+            if not self.wanted(call):
+                return
             event = build_event(
                 self.on_error, self.details(call), target=self.target, outcome=FAILURE, error=error
             )
@@ -244,7 +332,12 @@ class _Audit:
 
 
 def audited(
-    event_type: str, extractor: Extractor | None = None, *, on_error: str | None = None
+    event_type: str,
+    extractor: Extractor | None = None,
+    *,
+    on_error: str | None = None,
+    when: Predicate | None = None,
+    failed: FailedCheck | None = None,
 ) -> Callable[[F], F]:
     """Audit every successful call of the decorated callable.
 
@@ -262,19 +355,27 @@ def audited(
     logged and isolated, except a strict sink's ``AuditWriteError``, which is
     raised to the caller.
 
+    ``when(call) -> bool`` records a call only when it answers true (skip
+    reads, dry runs); it sees the :class:`Call` with its ``result`` (or
+    ``error``) and applies to success and failure events alike.
+    ``failed(call) -> bool | str`` marks a call that *returned* as failed (a
+    login view that renders an error page instead of raising): the event is
+    sent with outcome ``"failure"``, as ``on_error`` when given (else as
+    ``event_type``), with the returned text, when it is one, as its
+    ``error``. A ``when`` that raises records the call anyway; a ``failed``
+    that raises records it as a failure; both are logged.
+
     A plain function that returns an awaitable (a coroutine, a future) is
     audited when that awaitable completes: the caller gets a coroutine that
     awaits it and then sends the success (or failure) event. Generator
     functions are refused: their body runs only while they are iterated.
 
     A bad ``event_type`` or ``on_error`` (not a non-empty string), an
-    ``extractor`` that is not callable, or a generator function is a
-    ``TypeError`` here, at decoration.
+    ``extractor``, ``when`` or ``failed`` that is not callable, or a generator
+    function is a ``TypeError`` here, at decoration.
     """
-    name = event_type_value(event_type)
-    error_name = None if on_error is None else event_type_value(on_error)
-    if extractor is not None and not callable(extractor):
-        raise TypeError(f"extractor must be callable or None, not {type(extractor).__name__}")
+    # Checked now, at decoration, not on the first call.
+    Recorder("", event_type, extractor, on_error, when=when, failed=failed)
 
     def decorate(func: F) -> F:
         if isinstance(func, (classmethod, staticmethod)):
@@ -291,7 +392,16 @@ def audited(
                 "runs only while it is iterated. Audit the function that consumes it, or "
                 "call auditaspect.emit() when the work is done"
             )
-        audit = _Audit(raw, name, extractor, error_name, is_static=isinstance(func, staticmethod))
+        audit = Recorder(
+            f"{raw.__module__}.{raw.__qualname__}",
+            event_type,
+            extractor,
+            on_error,
+            when=when,
+            failed=failed,
+            func=raw,
+            is_static=isinstance(func, staticmethod),
+        )
         if inspect.iscoroutinefunction(raw):
             return cast(F, _async_wrapper(audit)(func))
         return cast(F, _sync_wrapper(audit)(func))
@@ -299,7 +409,7 @@ def audited(
     return decorate
 
 
-def _sync_wrapper(audit: _Audit) -> Any:
+def _sync_wrapper(audit: Recorder) -> Any:
     @wrapt.decorator
     def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -309,7 +419,7 @@ def _sync_wrapper(audit: _Audit) -> Any:
         except Exception as exc:
             audit.failed(wrapped, instance, args, kwargs, exc)
             raise
-        if audit_event.receivers or audit.signal.receivers:  # else build nothing
+        if audit_event.receivers or audit.signal.receivers or audit.error_signal.receivers:
             if result is not None and hasattr(type(result), "__await__"):
                 # The work happens when the caller awaits: audit then.
                 return _audited_await(audit, wrapped, instance, args, kwargs, result)
@@ -320,7 +430,7 @@ def _sync_wrapper(audit: _Audit) -> Any:
 
 
 async def _audited_await(
-    audit: _Audit,
+    audit: Recorder,
     wrapped: Any,
     instance: Any,
     args: tuple[Any, ...],
@@ -333,12 +443,12 @@ async def _audited_await(
     except Exception as exc:
         audit.failed(wrapped, instance, args, kwargs, exc)
         raise
-    if audit_event.receivers or audit.signal.receivers:
+    if audit_event.receivers or audit.signal.receivers or audit.error_signal.receivers:
         audit.succeeded(wrapped, instance, args, kwargs, result)
     return result
 
 
-def _async_wrapper(audit: _Audit) -> Any:
+def _async_wrapper(audit: Recorder) -> Any:
     @wrapt.decorator
     async def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -348,7 +458,7 @@ def _async_wrapper(audit: _Audit) -> Any:
         except Exception as exc:
             audit.failed(wrapped, instance, args, kwargs, exc)
             raise
-        if audit_event.receivers or audit.signal.receivers:  # else build nothing
+        if audit_event.receivers or audit.signal.receivers or audit.error_signal.receivers:
             audit.succeeded(wrapped, instance, args, kwargs, result)
         return result
 

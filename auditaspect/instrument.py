@@ -10,28 +10,54 @@ Each named method (functions of a module, too) is replaced by the same wrapt
 wrapper ``@audited`` would have put there, so classmethods, staticmethods and
 ``async def`` work as with the decorator. A target given as a dotted path
 (``"package.module:Class"`` or ``"package.module"``) that is not imported yet
-is patched by a wrapt post-import hook the moment it is. Code that copied a
-function out of a module before it was instrumented (``from m import f``)
-keeps the original: instrument early.
+is patched by a wrapt post-import hook the moment it is.
+
+Patching replaces the attribute, not the function object: anything that took
+a reference before (``from m import f``, a Flask or FastAPI route table, a
+Click command, a Celery task) keeps calling the unaudited original. Such a
+reference is not passed over in silence: :func:`instrument` warns
+(:class:`InstrumentWarning`) naming who holds it and what to use instead. A
+dotted path whose module is never imported is reported as never applied by
+:func:`uninstrument` and, at interpreter exit, on the ``auditaspect`` logger.
 """
 
 from __future__ import annotations
 
+import atexit
+import gc
 import importlib
+import logging
 import sys
 import threading
-from collections.abc import Mapping
+import types
+import warnings
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import wrapt
 
 from .decorator import Extractor, audited
-from .events import event_type_value
 
-__all__ = ["instrument", "instrument_from_toml", "uninstrument"]
+__all__ = [
+    "InstrumentWarning",
+    "instrument",
+    "instrument_from_toml",
+    "never_applied",
+    "uninstrument",
+]
 
-Spec = str | tuple[str, Extractor]
+logger = logging.getLogger("auditaspect")
+
+# "event_type", ("event_type", extractor), or {"event_type": ..., "extractor":
+# ..., "on_error": ..., "when": ..., "failed": ...}
+Spec = str | tuple[str, Extractor] | Mapping[str, Any]
+_OPTIONS = ("event_type", "extractor", "on_error", "when", "failed")
 _MISSING = object()
+
+
+class InstrumentWarning(UserWarning):
+    """An instrumented function is also held elsewhere, where it stays unaudited."""
+
 
 _lock = threading.Lock()
 # id(target) -> (target, {name: what vars(target) held before, or _MISSING})
@@ -57,18 +83,120 @@ def _resolve(module: Any, attribute: str) -> Any:
     return target
 
 
-def _normalise(methods: Mapping[str, Spec]) -> dict[str, tuple[str, Extractor | None]]:
+def _options(name: str, spec: Spec) -> dict[str, Any]:
+    """One method's spec as ``audited()`` keyword arguments (checked)."""
+    if isinstance(spec, tuple):
+        if len(spec) != 2 or not callable(spec[1]):
+            raise TypeError(f"{name}: use 'event_type' or ('event_type', extractor)")
+        options: dict[str, Any] = {"event_type": spec[0], "extractor": spec[1]}
+    elif isinstance(spec, Mapping):
+        unknown = sorted(set(spec) - set(_OPTIONS))
+        if unknown or "event_type" not in spec:
+            raise TypeError(
+                f"{name}: a mapping spec takes event_type (required), extractor, on_error, "
+                f"when and failed" + (f"; not {', '.join(unknown)}" if unknown else "")
+            )
+        options = dict(spec)
+    else:
+        options = {"event_type": spec}
+    event_type = options.pop("event_type")
+    audited(event_type, **options)  # checks types and callables now
+    return {"event_type": event_type, **options}
+
+
+def _normalise(methods: Mapping[str, Spec]) -> dict[str, dict[str, Any]]:
     if not isinstance(methods, Mapping) or not methods:
         raise TypeError("methods must be a non-empty mapping of method name to event type")
-    result: dict[str, tuple[str, Extractor | None]] = {}
-    for name, spec in methods.items():
-        if isinstance(spec, tuple):
-            if len(spec) != 2 or not callable(spec[1]):
-                raise TypeError(f"{name}: use 'event_type' or ('event_type', extractor)")
-            result[name] = (event_type_value(spec[0]), spec[1])
-        else:
-            result[name] = (event_type_value(spec), None)
-    return result
+    return {name: _options(name, spec) for name, spec in methods.items()}
+
+
+def _held_by(container: object) -> list[object]:
+    """What holds ``container``, frames left out (a local variable is not a registry)."""
+    return [o for o in gc.get_referrers(container) if not isinstance(o, types.FrameType)]
+
+
+def _describe(ref: Any, function: Any, original: Any) -> tuple[str, str] | None:
+    """Describe one referrer as ``(what, module)``, or None when it is transient."""
+    if isinstance(ref, dict):
+        module = next(
+            (m for m in list(sys.modules.values()) if getattr(m, "__dict__", None) is ref), None
+        )
+        if module is not None:
+            return f"module {module.__name__} (from ... import)", module.__name__
+        holders = _held_by(ref)
+        if not holders:
+            return None
+        keys = [k for k, v in ref.items() if v is function or v is original]
+        key = f"[{keys[0]!r}]" if keys else ""
+        for owner in holders:
+            if getattr(owner, "__dict__", None) is ref:  # the object's own attributes
+                return f"a {type(owner).__name__} object{key}", type(owner).__module__
+            attributes = getattr(owner, "__dict__", None)
+            if isinstance(attributes, dict):
+                for attribute, value in attributes.items():
+                    if value is ref:
+                        name = f"{type(owner).__name__}.{attribute}{key}"
+                        return name, type(owner).__module__
+        return f"a dict{key}", ""
+    if isinstance(ref, types.CellType):
+        for closure in _held_by(ref):
+            if isinstance(closure, tuple):
+                for owner in gc.get_referrers(closure):
+                    if getattr(owner, "__closure__", None) is closure:
+                        module = getattr(owner, "__module__", None) or ""
+                        return f"a closure of {module}.{owner.__qualname__}", module
+        return None  # a cell of a running (or kept) frame: a local variable
+    if isinstance(ref, (list, tuple, set)):
+        return (f"a {type(ref).__name__}", "") if _held_by(ref) else None
+    return f"a {type(ref).__qualname__} object", type(ref).__module__
+
+
+def _referrers(original: Any, ours: tuple[object, ...]) -> list[tuple[str, str]]:
+    """Who else holds ``original``: ``[(description, module of the holder)]``.
+
+    Called after patching, so the owner's namespace holds the wrapper now.
+    What we hold ourselves (``ours``: the wrapper, our record of originals)
+    and local variables of frames (ours, the caller's, a traceback's) are not
+    references that would bypass the patch.
+    """
+    function = getattr(original, "__func__", original)
+    found = []
+    for ref in gc.get_referrers(function, original):
+        if ref is original or isinstance(ref, types.FrameType):
+            continue
+        if any(ref is mine for mine in ours):
+            continue
+        described = _describe(ref, function, original)
+        if described is not None:
+            found.append(described)
+    return found
+
+
+def _advice(module: str) -> str:
+    top = module.partition(".")[0]
+    if top == "flask" or top == "werkzeug":
+        return "for a Flask view use auditaspect.contrib.flask.audit_endpoint()"
+    if top in ("starlette", "fastapi"):
+        return "for a Starlette or FastAPI route use auditaspect.contrib.starlette.audit_route()"
+    if top == "django":
+        return "for a Django view use auditaspect.contrib.django.audit_view()"
+    if top == "celery":
+        return "for a Celery task put @audited under @app.task"
+    return "instrument before it is registered or imported, or decorate it with @audited"
+
+
+def _warn_if_held(target: Any, name: str, original: Any, ours: tuple[object, ...]) -> None:
+    held = _referrers(original, ours)
+    if not held:
+        return
+    where = "; ".join(description for description, _ in held[:3])
+    label = getattr(target, "__name__", type(target).__name__)
+    warnings.warn(
+        f"instrument(): {label}.{name} is also held by {where}, which keeps calling the "
+        f"unaudited original; {_advice(held[0][1])}",
+        InstrumentWarning,
+        stacklevel=4,
+    )
 
 
 def _patch(target: Any, methods: Mapping[str, Spec]) -> None:
@@ -83,23 +211,34 @@ def _patch(target: Any, methods: Mapping[str, Spec]) -> None:
                 raise AttributeError(
                     f"{getattr(target, '__name__', target)!r} has no method {name!r}"
                 )
-        for name, (event_type, extractor) in specs.items():
+        for name, options in specs.items():
             # A classmethod or staticmethod must be wrapped as the descriptor
             # in the class dict, not as what getattr() binds it to.
             raw = owned.get(name, _MISSING)
             original = raw if raw is not _MISSING else getattr(target, name)
-            setattr(target, name, audited(event_type, extractor)(original))
+            options = dict(options)
+            setattr(target, name, audited(options.pop("event_type"), **options)(original))
             originals[name] = raw
+    for name in specs:
+        raw = originals[name]
+        if raw is not _MISSING:  # an inherited method is the base class's business
+            _warn_if_held(target, name, raw, (originals, vars(target).get(name)))
 
 
 def instrument(target: Any, methods: Mapping[str, Spec]) -> None:
     """Audit ``methods`` of ``target`` (a class, a module, or a dotted path).
 
-    ``methods`` maps a method name to an event type, or to ``(event_type,
-    extractor)``. Raises ``TypeError`` for a bad mapping or event type,
+    ``methods`` maps a method name to an event type, to ``(event_type,
+    extractor)``, or to a mapping of :func:`audited`'s options
+    (``{"event_type": ..., "on_error": ..., "when": ..., "failed": ...,
+    "extractor": ...}``). Raises ``TypeError`` for a bad mapping or event type,
     ``AttributeError`` for a method the target does not have, and
     ``ValueError`` for a method instrumented twice. A dotted path whose module
     is not imported yet is patched on import (errors are then raised there).
+
+    Warns with :class:`InstrumentWarning` when the function is also held
+    elsewhere (a route table, another module's ``from ... import``): those
+    callers keep the unaudited original.
     """
     if not isinstance(target, str):
         _patch(target, methods)
@@ -126,12 +265,21 @@ def uninstrument(target: Any) -> list[str]:
     """Restore every method instrumented on ``target``; return their names.
 
     Accepts the object or the dotted path it was instrumented by. A dotted
-    path still waiting for its import is simply forgotten.
+    path still waiting for its import was never applied: it is forgotten,
+    with an :class:`InstrumentWarning` saying so (its module was never
+    imported, so none of its calls were audited).
     """
     if isinstance(target, str):
         with _lock:
-            if _pending.pop(target, None) is not None:
-                return []
+            waiting = _pending.pop(target, None)
+        if waiting is not None:
+            warnings.warn(
+                f"instrument({target!r}) was never applied: {_split(target)[0]} was never "
+                "imported, so none of its calls were audited",
+                InstrumentWarning,
+                stacklevel=2,
+            )
+            return []
         module_name, attribute = _split(target)
         module = sys.modules.get(module_name)
         if module is None:
@@ -150,7 +298,24 @@ def uninstrument(target: Any) -> list[str]:
     return list(originals)
 
 
-def _load_callable(path: str) -> Extractor:
+def never_applied() -> list[str]:
+    """Dotted paths given to :func:`instrument` whose module is not imported yet."""
+    with _lock:
+        return sorted(_pending)
+
+
+@atexit.register
+def _report_never_applied() -> None:
+    for target in never_applied():
+        logger.warning(
+            "instrument(%r) was never applied: %s was never imported, so none of its calls "
+            "were audited",
+            target,
+            _split(target)[0],
+        )
+
+
+def _load_callable(path: str) -> Callable[..., Any]:
     module_name, attribute = _split(path)
     if not attribute:
         raise ValueError(f"extractor {path!r} must be 'package.module:function'")
@@ -158,6 +323,19 @@ def _load_callable(path: str) -> Extractor:
     if not callable(func):
         raise TypeError(f"extractor {path!r} is not callable")
     return func  # type: ignore[no-any-return]
+
+
+def _toml_spec(path: str, name: str, spec: Any) -> Spec:
+    if isinstance(spec, list) and len(spec) == 2:
+        return (spec[0], _load_callable(spec[1]))
+    if isinstance(spec, dict):
+        return {
+            key: _load_callable(value) if key in ("extractor", "when", "failed") else value
+            for key, value in spec.items()
+        }
+    if not isinstance(spec, str):
+        raise ValueError(f"{path}: {name!r} needs an event type, [type, extractor] or a table")
+    return spec
 
 
 def instrument_from_toml(path: str) -> list[str]:
@@ -171,6 +349,14 @@ def instrument_from_toml(path: str) -> list[str]:
         [instrument.methods]
         cancel = "plan_cancelled"
         refund = ["config_changed", "billing.audit:refund_details"]
+
+        [instrument.methods.login]
+        event_type = "auth_success"
+        on_error = "auth_failure"
+        failed = "billing.audit:login_failed"
+        when = "billing.audit:not_dry_run"
+
+    ``extractor``, ``when`` and ``failed`` are ``"package.module:function"``.
 
     Needs Python 3.11+ (``tomllib``) or the ``tomli`` package.
     """
@@ -193,12 +379,7 @@ def instrument_from_toml(path: str) -> list[str]:
             raise ValueError(
                 f"{path}: each [[instrument]] needs target = '...' and methods = {{...}}"
             )
-        mapping: dict[str, Spec] = {}
-        for name, spec in methods.items():
-            if isinstance(spec, list) and len(spec) == 2:
-                mapping[name] = (spec[0], _load_callable(spec[1]))
-            else:
-                mapping[name] = spec
+        mapping = {name: _toml_spec(path, name, spec) for name, spec in methods.items()}
         instrument(target, mapping)
         targets.append(target)
     return targets
