@@ -143,8 +143,8 @@ def _describe(ref: Any, function: Any, original: Any) -> tuple[str, str] | None:
             if isinstance(closure, tuple):
                 for owner in gc.get_referrers(closure):
                     if getattr(owner, "__closure__", None) is closure:
-                        module = getattr(owner, "__module__", None) or ""
-                        return f"a closure of {module}.{owner.__qualname__}", module
+                        where = str(getattr(owner, "__module__", None) or "")
+                        return f"a closure of {where}.{owner.__qualname__}", where
         return None  # a cell of a running (or kept) frame: a local variable
     if isinstance(ref, (list, tuple, set)):
         return (f"a {type(ref).__name__}", "") if _held_by(ref) else None
