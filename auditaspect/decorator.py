@@ -291,6 +291,23 @@ class Recorder:
         send(sender, event)
         return event
 
+    def record_error(self, sender: Any, call: Call) -> AuditEvent | None:
+        """Build and send the failure event of a call that raised ``call.error``.
+
+        Sent as ``on_error`` when given, else as ``event_type``, with outcome
+        ``"failure"`` and the exception's type and redacted message as the
+        error; ``when`` applies. For integrations that see the exception (a
+        view that raised); the decorator sends failures only with ``on_error``.
+        """
+        event_type = self.on_error or self.event_type
+        if not self.wanted(call) or not has_receivers(event_type):
+            return None
+        event = build_event(
+            event_type, self.details(call), target=self.target, outcome=FAILURE, error=call.error
+        )
+        send(sender, event)
+        return event
+
     def succeeded(
         self,
         wrapped: Any,

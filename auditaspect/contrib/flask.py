@@ -1,54 +1,45 @@
 """Flask integration: every request runs inside an :func:`audit_context`.
 
-    from auditaspect.contrib.flask import init_app
-    init_app(app, actor=lambda: current_user.name if current_user else None)
+    from auditaspect.contrib.flask import audit_endpoint, init_app
+    init_app(app, actor=lambda: current_user.get_id())
+    audit_endpoint(app, "auth.login", "auth_success", on_error="auth_failure")
 
 For each request this sets the **actor** (your callable's answer), the client
 **ip** and a **correlation id**, so decorated services called from views are
-attributed without extra code:
+attributed without extra code. The actor callable is called each time an
+event is built, not when the request starts, so a user that authentication
+sets later in the request (a JWT check in the view, Flask-Login's lazy
+``current_user``) is seen:
 
 - ip: ``request.remote_addr``; with ``trusted_proxies=N`` (your N reverse
   proxies append to ``X-Forwarded-For``), the address N entries from the
   right of that header. Entries a client wrote itself are never trusted.
 - correlation id: the incoming ``X-Request-ID`` (if it is a sane token, at most
-  128 characters of letters, digits, ``-_.:``), else a new random one; echoed in
-  the response's ``X-Request-ID``.
+  128 characters of letters, digits, ``-_.:``), else the trace id of a W3C
+  ``traceparent`` header, else a new random one; echoed in the response's
+  ``X-Request-ID``.
 
-An actor callable that raises is logged and the request goes on with no actor.
-Install with ``pip install 'auditaspect[flask]'``.
+An actor callable that raises is logged and the event records no actor.
+:func:`audit_endpoint` audits a view by endpoint name, with its response: no
+decorator on the view, and a login that answers 401 or re-renders its form
+is recorded as a failure. Install with ``pip install 'auditaspect[flask]'``.
 """
 
 from __future__ import annotations
 
-import logging
-import re
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, current_app, g, request
 
 from ..context import audit_context
+from ..decorator import Extractor, Predicate, Recorder
+from ..events import Call
+from ._http import HEADER, client_ip, correlation_id, http_failure
 
-__all__ = ["init_app"]
+__all__ = ["audit_endpoint", "client_ip", "init_app"]
 
-logger = logging.getLogger("auditaspect")
-
-HEADER = "X-Request-ID"
-_SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _KEY = "_auditaspect_context"
-
-
-def client_ip(
-    remote_addr: str | None, forwarded_for: str | None, trusted_proxies: int
-) -> str | None:
-    """The client's address, trusting only the last ``trusted_proxies`` hops."""
-    if trusted_proxies <= 0 or not forwarded_for:
-        return remote_addr
-    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
-    if len(hops) < trusted_proxies:
-        return remote_addr  # fewer hops than proxies: the header is not ours
-    return hops[-trusted_proxies]
 
 
 def init_app(
@@ -65,19 +56,14 @@ def init_app(
         raise TypeError("actor must be a callable returning the acting user (or None)")
 
     def enter() -> None:
-        incoming = request.headers.get(header, "")
-        correlation_id = incoming if _SANE_ID.match(incoming) else uuid.uuid4().hex
-        who = None
-        if actor is not None:
-            try:
-                value = actor()
-                who = None if value is None else str(value)
-            except Exception:
-                logger.exception("the audit actor callable failed; recording no actor")
+        correlation = correlation_id(
+            request.headers.get(header), request.headers.get("traceparent")
+        )
         ip = client_ip(request.remote_addr, request.headers.get("X-Forwarded-For"), trusted_proxies)
-        context = audit_context(actor=who, ip=ip, correlation_id=correlation_id)
+        # The callable itself: called when an event is built, after authentication.
+        context = audit_context(actor=actor, ip=ip, correlation_id=correlation)
         context.__enter__()
-        setattr(g, _KEY, (context, correlation_id))
+        setattr(g, _KEY, (context, correlation))
 
     def echo(response: Response) -> Response:
         state = getattr(g, _KEY, None)
@@ -93,3 +79,100 @@ def init_app(
     app.before_request(enter)
     app.after_request(echo)
     app.teardown_request(leave)
+
+
+_RULES = "auditaspect_endpoints"
+
+
+def _http_failure(response: Response) -> bool | str:
+    return http_failure(response.status_code)
+
+
+def audit_endpoint(
+    app: Flask,
+    endpoint: str,
+    event_type: str,
+    *,
+    methods: Collection[str] = ("POST",),
+    on_error: str | None = None,
+    failed: Callable[[Response], bool | str] | None = _http_failure,
+    extractor: Extractor | None = None,
+    when: Predicate | None = None,
+) -> None:
+    """Audit every ``methods`` request that ``endpoint`` of ``app`` answers.
+
+    After the view has produced its response, an event of ``event_type`` is
+    sent through the same pipeline as ``@audited`` (redaction, the request's
+    audit context, receivers, sinks). ``failed(response)`` decides whether
+    the request failed (default: status 400 or more, with ``"HTTP 401"`` as
+    the error); a failure is sent as ``on_error`` when given, else as
+    ``event_type``, with outcome ``"failure"``. A view that raised is answered
+    with a 500 and recorded as failed like any other response. Requests with
+    other methods (a login form's GET) are not recorded.
+
+    ``extractor(call)`` gives the details: ``call.arguments`` are the view's
+    URL arguments, ``call.result`` is the response and ``call.instance`` the
+    request, still readable (the form, the JSON body); without one the details are the
+    method, path, status and URL arguments, never the request body. The sender
+    is the view function. A strict sink's ``AuditWriteError`` turns the
+    response into a 500 (the view has already run).
+
+    Raises ``ValueError`` when ``app`` has no such endpoint (register the
+    blueprint first) or it is already audited, ``TypeError`` for a bad event
+    type or a rule that is not callable.
+    """
+    view = app.view_functions.get(endpoint)
+    if view is None:
+        known = ", ".join(sorted(app.view_functions)[:10])
+        raise ValueError(
+            f"{app.name} has no endpoint {endpoint!r} (known: {known}); call audit_endpoint() "
+            "after registering its blueprint"
+        )
+    if failed is not None and not callable(failed):
+        raise TypeError(f"failed must be callable or None, not {type(failed).__name__}")
+    check = failed
+    recorder = Recorder(
+        f"{view.__module__}.{view.__qualname__}",
+        event_type,
+        extractor if extractor is not None else _request_summary,
+        on_error,
+        when=when,
+        failed=None if check is None else (lambda call: check(call.result)),
+    )
+    allowed = frozenset(method.upper() for method in methods)
+    rules: dict[str, tuple[Recorder, frozenset[str]]] | None = app.extensions.get(_RULES)
+    if rules is None:
+        rules = app.extensions[_RULES] = {}
+        app.after_request(_record(rules))
+    if endpoint in rules:
+        raise ValueError(f"endpoint {endpoint!r} of {app.name} is already audited")
+    rules[endpoint] = (recorder, allowed)
+
+
+def _request_summary(call: Call) -> Mapping[str, Any]:
+    return {
+        "method": request.method,
+        "path": request.path,
+        "status": call.result.status_code,
+        **call.arguments,
+    }
+
+
+def _record(
+    rules: Mapping[str, tuple[Recorder, frozenset[str]]],
+) -> Callable[[Response], Response]:
+    def record(response: Response) -> Response:
+        endpoint = request.endpoint or ""
+        rule = rules.get(endpoint)
+        if rule is not None and request.method in rule[1]:
+            recorder, _ = rule
+            call = Call(
+                target=recorder.target,
+                arguments=dict(request.view_args or {}),
+                instance=request,
+                result=response,
+            )
+            recorder.record(current_app.view_functions.get(endpoint), call)
+        return response
+
+    return record
