@@ -129,6 +129,40 @@ def postgres_server() -> str:
     return url
 
 
+REDIS_ENV = "AUDITASPECT_TEST_REDIS_URL"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> str:
+    """The URL of a real Redis server, from $AUDITASPECT_TEST_REDIS_URL.
+
+    Like PostgreSQL: under CI a missing or unreachable server fails the test,
+    on a developer machine it skips with the command that starts one.
+    """
+    import os
+    import socket
+    from urllib.parse import urlsplit
+
+    url = os.environ.get(REDIS_ENV)
+    problem = None
+    if not url:
+        problem = f"{REDIS_ENV} is not set"
+    else:
+        parts = urlsplit(url)
+        try:
+            with socket.create_connection((parts.hostname or "", parts.port or 6379), timeout=5):
+                pass
+        except OSError as exc:
+            problem = f"Redis at {url} is not reachable: {exc}"
+    if problem:
+        hint = f"start one with: export {REDIS_ENV}=$(scripts/redis-test-server start)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{problem} (CI needs it; {hint})")
+        pytest.skip(f"{problem}; {hint}")
+    assert url is not None
+    return url
+
+
 @pytest.fixture
 def pg_url(postgres_server: str) -> str:
     """A PostgreSQL URL whose database has a fresh, empty audit_log for this test."""

@@ -7,7 +7,7 @@ import pytest
 flask = pytest.importorskip("flask")
 
 from auditaspect import audited  # noqa: E402
-from auditaspect.contrib.flask import client_ip, init_app  # noqa: E402
+from auditaspect.contrib.flask import audit_endpoint, client_ip, init_app  # noqa: E402
 from auditaspect.testing import capture_events  # noqa: E402
 
 
@@ -120,3 +120,185 @@ def test_example_flask_app(tmp_path):
     assert ("config_changed", "alice", "203.0.113.50") == (row.event_type, row.actor, row.ip)
     assert response.headers["X-Request-ID"] == row.correlation_id
     app.extensions["auditaspect_sink"].close()
+
+
+# -- audit_endpoint: a real blog app, audited without touching its views -----------------
+
+BLOG_FORM = {"username": "alice", "password": "correct-horse-battery-staple"}
+
+
+def blog_requests(post):
+    """The issue's session: form GETs, register, a failed and a good login, a post."""
+    post("GET", "/register", None, {})
+    post("POST", "/register", BLOG_FORM, {})
+    post("GET", "/login", None, {})
+    post("POST", "/login", {**BLOG_FORM, "password": "wrong-guess-42"}, {})
+    post("POST", "/login", BLOG_FORM, {"X-Request-ID": "req-login-1"})
+    post("GET", "/posts", None, {})
+    post("POST", "/posts", {"title": "hello"}, {"Authorization": "Bearer tok-alice-0123456789"})
+    post("POST", "/posts", {"title": "forged"}, {"Authorization": "Bearer nope"})
+
+
+EXPECTED_BLOG = [
+    ("session_created", "success", None, None),
+    ("auth_failure", "failure", "HTTP 401", None),
+    ("auth_success", "success", None, "alice"),
+    ("resource_modified", "success", None, "alice"),
+]
+
+
+def test_audit_endpoint_records_outcomes_skips_gets_and_sees_late_auth():
+    """Issue 14 through Flask's test client: types, outcomes, no GETs, lazy actor, no password."""
+    from flask_blog import create_app
+
+    client = create_app().test_client()
+    sent = []
+
+    def post(method, path, form, headers):
+        response = client.open(
+            path,
+            method=method,
+            data=form,
+            headers={"X-Forwarded-For": "6.6.6.6, 198.51.100.20", **headers},
+            environ_base={"REMOTE_ADDR": "10.0.0.2"},
+        )
+        sent.append(response.status_code)
+
+    with capture_events() as events:
+        blog_requests(post)
+    assert [200, 201, 200, 401, 200, 200, 200, 401] == sent
+    assert EXPECTED_BLOG == [(e.event_type, e.outcome, e.error, e.actor) for e in events]
+    assert {"198.51.100.20"} == {e.ip for e in events}  # the spoofed 6.6.6.6 is ignored
+    assert "req-login-1" == events[2].correlation_id
+    assert events[0].details["form"]["username"] == "alice"
+    assert "correct-horse" not in repr([e.to_dict() for e in events])
+    assert "wrong-guess" not in repr([e.to_dict() for e in events])
+    assert {"title": "hello"} == dict(events[3].details)
+
+
+def test_audit_endpoint_default_details_and_a_view_that_raises():
+    """Without an extractor: method, path, status, URL args; a raising view is a failed 500."""
+    app = flask.Flask("raising")
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+
+    @app.post("/items/<int:item_id>/delete")
+    def delete(item_id):
+        if item_id == 13:
+            raise RuntimeError("unlucky")
+        return "deleted"
+
+    audit_endpoint(app, "delete", "entity_deleted")
+    client = app.test_client()
+    with capture_events() as events:
+        client.post("/items/7/delete")
+        client.post("/items/13/delete")
+    assert [
+        ({"method": "POST", "path": "/items/7/delete", "status": 200, "item_id": 7}, None),
+        ({"method": "POST", "path": "/items/13/delete", "status": 500, "item_id": 13}, "HTTP 500"),
+    ] == [(dict(e.details), e.error) for e in events]
+    assert events[0].target.endswith(".delete")
+
+
+def test_audit_endpoint_custom_failed_and_methods():
+    """A login that re-renders its form with 200 is caught by a custom failed= rule."""
+    app = flask.Flask("rerender")
+
+    @app.route("/login", methods=["POST", "PUT"])
+    def login():
+        ok = flask.request.form.get("password") == "good-password-1"
+        return "welcome" if ok else "<p>Invalid password</p>"
+
+    audit_endpoint(
+        app,
+        "login",
+        "auth_success",
+        methods=("post",),
+        on_error="auth_failure",
+        failed=lambda response: b"Invalid" in response.get_data() and "bad password",
+    )
+    client = app.test_client()
+    with capture_events() as events:
+        client.post("/login", data={"password": "good-password-1"})
+        client.post("/login", data={"password": "x"})
+        client.put("/login", data={"password": "x"})
+    assert [("auth_success", None), ("auth_failure", "bad password")] == [
+        (e.event_type, e.error) for e in events
+    ]
+
+
+def test_audit_endpoint_mistakes():
+    """Unknown endpoint, double registration and bad rules fail at setup, in one line."""
+    app = flask.Flask("mistakes")
+
+    @app.post("/x")
+    def x():
+        return "x"
+
+    with pytest.raises(ValueError, match=r"no endpoint 'auth\.login' \(known: static, x\)"):
+        audit_endpoint(app, "auth.login", "auth_success")
+    audit_endpoint(app, "x", "config_changed")
+    with pytest.raises(ValueError, match="already audited"):
+        audit_endpoint(app, "x", "config_changed")
+    with pytest.raises(TypeError, match="failed must be callable"):
+        audit_endpoint(app, "x", "config_changed", failed="yes")
+
+
+def test_traceparent_gives_the_correlation_id():
+    """A W3C traceparent's trace id is the correlation id when there is no X-Request-ID."""
+    from flask_blog import create_app
+
+    client = create_app().test_client()
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    good = client.get("/whoami", headers={"traceparent": f"00-{trace}-00f067aa0ba902b7-01"})
+    zero = client.get("/whoami", headers={"traceparent": f"00-{'0' * 32}-00f067aa0ba902b7-01"})
+    junk = client.get("/whoami", headers={"traceparent": "\x1b[31m-evil"})
+    assert trace == good.get_json()["correlation_id"] == good.headers["X-Request-ID"]
+    assert len({trace, zero.get_json()["correlation_id"], junk.get_json()["correlation_id"]}) == 3
+
+
+def test_blog_under_gunicorn_with_two_workers(tmp_path):
+    """The same session over HTTP against gunicorn (2 workers) writing one SQLite file."""
+    import sqlite3
+    import sys
+    from pathlib import Path
+
+    from auditaspect import verify
+    from webservers import database_bytes, free_port, request, running
+
+    db = tmp_path / "blog.db"
+    port = free_port()
+    tests_dir = str(Path(__file__).resolve().parent)
+    command = [
+        sys.executable,
+        *("-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}"),
+        *("--pythonpath", tests_dir, "--log-level", "warning"),
+        "flask_blog:create_app()",
+    ]
+    statuses = []
+
+    def post(method, path, form, headers):
+        status, _, _ = request(
+            port,
+            method,
+            path,
+            form=form,
+            headers={"X-Forwarded-For": "6.6.6.6, 198.51.100.20", **headers},
+        )
+        statuses.append(status)
+
+    with running(command, cwd=tmp_path, env={"AUDIT_URL": f"sqlite:///{db}"}, port=port):
+        blog_requests(post)
+    assert [200, 201, 200, 401, 200, 200, 200, 401] == statuses
+    conn = sqlite3.connect(str(db))
+    try:
+        rows = conn.execute(
+            "SELECT event_type, outcome, error, actor, ip FROM audit_log ORDER BY id"
+        ).fetchall()
+    finally:
+        conn.close()
+    assert [(*e, "198.51.100.20") for e in EXPECTED_BLOG] == rows
+    assert verify(f"sqlite:///{db}").ok
+    stored = database_bytes(db)
+    assert b"alice" in stored
+    assert b"correct-horse" not in stored
+    assert b"wrong-guess" not in stored
