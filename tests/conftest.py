@@ -129,6 +129,27 @@ def postgres_server() -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def django_client():
+    """Django set up in this process with tests/djangoblog (no audit database, no sink)."""
+    import os
+
+    django = pytest.importorskip("django")
+    from django.conf import settings
+
+    if not settings.configured:
+        saved = os.environ.pop("AUDIT_URL", None)
+        os.environ["DJANGO_SETTINGS_MODULE"] = "djangoblog.settings"
+        try:
+            django.setup()
+        finally:
+            if saved is not None:
+                os.environ["AUDIT_URL"] = saved
+    from django.test import Client
+
+    return Client(REMOTE_ADDR="10.0.0.4")
+
+
 REDIS_ENV = "AUDITASPECT_TEST_REDIS_URL"
 
 

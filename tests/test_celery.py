@@ -174,3 +174,50 @@ def test_handlers_in_process(monkeypatch):
     assert [(None, None)] == [(e.actor, e.correlation_id) for e in after]
     audit_celery._enter(task_id=None, task=job)  # nothing to restore
     audit_celery._leave(task_id="unknown")
+
+
+@pytest.mark.parametrize("framework", ["flask", "starlette", "django"])
+def test_a_web_request_reaches_its_task(worker, framework, request):
+    """Each framework's request context (actor, correlation id) is in the task's event."""
+    tasks, db = worker
+    headers = {"X-Request-ID": f"req-{framework}-9", "X-User": "erin"}
+    if framework == "flask":
+        flask = pytest.importorskip("flask")
+        from auditaspect.contrib.flask import init_app
+
+        app = flask.Flask("queueing")
+        app.post("/queue")(lambda: {"done": tasks.purge.delay("q").get(timeout=60)})
+        init_app(app, actor=lambda: flask.request.headers.get("X-User"))
+        status = app.test_client().post("/queue", headers=headers).status_code
+    elif framework == "starlette":
+        pytest.importorskip("starlette")
+        from starlette.applications import Starlette
+        from starlette.middleware import Middleware
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+        from starlette.testclient import TestClient
+
+        from auditaspect.contrib.starlette import AuditMiddleware
+
+        def endpoint(request):  # sync: Starlette runs it in its threadpool
+            return JSONResponse({"done": tasks.purge.delay("q").get(timeout=60)})
+
+        def actor(scope):
+            return dict(scope["headers"]).get(b"x-user", b"").decode()
+
+        app = Starlette(
+            routes=[Route("/queue", endpoint, methods=["POST"])],
+            middleware=[Middleware(AuditMiddleware, actor=actor)],
+        )
+        status = TestClient(app).post("/queue", headers=headers).status_code
+    else:
+        client = request.getfixturevalue("django_client")
+        status = client.post("/queue", headers=headers).status_code
+    assert 200 == status
+    [(details, actor, _, correlation, outcome)] = rows(db)
+    assert ('{"entity":"q"}', "erin", f"req-{framework}-9", "success") == (
+        details,
+        actor,
+        correlation,
+        outcome,
+    )

@@ -87,6 +87,7 @@ def request(
     path: str,
     *,
     form: dict[str, str] | None = None,
+    json_data: Any = None,
     headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     """One HTTP request; returns (status, headers with lower-case names, body)."""
@@ -97,6 +98,9 @@ def request(
         if form is not None:
             body = urllib.parse.urlencode(form)
             sent["Content-Type"] = "application/x-www-form-urlencoded"
+        elif json_data is not None:
+            body = json.dumps(json_data)
+            sent["Content-Type"] = "application/json"
         conn.request(method, path, body=body, headers=sent)
         response = conn.getresponse()
         return (

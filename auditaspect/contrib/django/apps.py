@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from django.apps import AppConfig
@@ -17,6 +18,8 @@ class AuditConfig(AppConfig):  # type: ignore[misc]
     keyword arguments) and keeps it as ``.sink``; a sink that cannot open its
     database fails startup with its one-line error rather than serving
     unaudited requests. Without a URL no sink is opened (connect your own).
+    ``manage.py auditaspect ...`` (the read-only CLI) opens no sink: an
+    auditor's read-only account must be able to run it.
     """
 
     name = "auditaspect.contrib.django"
@@ -30,6 +33,6 @@ class AuditConfig(AppConfig):  # type: ignore[misc]
 
         config = settings()
         url = config.get("DATABASE_URL")
-        if url:
+        if url and sys.argv[1:2] != ["auditaspect"]:
             options: dict[str, Any] = dict(config.get("SINK_OPTIONS") or {})
             self.sink = PeeweeSink(url, **options).connect()
