@@ -241,6 +241,12 @@ class Recorder:
             logger.exception("audit extractor for %s failed; recording the arguments", self.target)
             return {"extractor_error": describe_error(exc), "arguments": call.arguments}
 
+    def listening(self) -> bool:
+        """Whether any receiver would get this recorder's events (a few attribute reads)."""
+        return bool(
+            audit_event.receivers or self.signal.receivers or self.error_signal.receivers
+        ) or (self.on_error is not None and has_receivers(self.on_error))
+
     def wanted(self, call: Call) -> bool:
         """``when(call)``; a ``when`` that raises is logged and the call recorded."""
         if self.when is None:

@@ -32,6 +32,7 @@ import peewee
 import wrapt
 
 import auditaspect
+import web as web_bench
 from auditaspect import PeeweeSink, audited
 from auditaspect.model import create_schema
 from auditaspect.redaction import Redactor
@@ -380,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-calls", type=int, default=1_000_000)
     parser.add_argument("--skip-memory", action="store_true", help="skip the 1M-call RSS run")
     parser.add_argument(
+        "--skip-web", action="store_true", help="skip the web middleware and event-loop runs"
+    )
+    parser.add_argument(
         "--postgres",
         metavar="URL",
         default=os.environ.get("AUDITASPECT_TEST_POSTGRES_URL"),
@@ -446,6 +450,17 @@ def main(argv: list[str] | None = None) -> int:
             postgres["@audited -> buffered sink"] / postgres["raw psycopg executemany"]
         )
 
+    web = None
+    if not args.skip_web:
+        with tempfile.TemporaryDirectory() as tmpdir:
+            web = {
+                "requests/s ratios": web_bench.middleware_overhead(n // 10, max(repeat, 3)),
+                "loop stall": {
+                    str(mode or "no receiver"): web_bench.loop_stall(Path(tmpdir), mode)
+                    for mode in (None, "sync", "buffered")
+                },
+            }
+
     width = max(map(len, [*rates, *("PostgreSQL: " + k for k in postgres or {})]))
     print(f"{'measurement':<{width}}  events/s   µs/event")
     for name, rate in rates.items():
@@ -466,6 +481,15 @@ def main(argv: list[str] | None = None) -> int:
         "same calls, no-op receiver, no writer (µs): "
         + ", ".join(f"{k} {v:.1f}" for k, v in floor.items())
     )
+    if web is not None:
+        print("web integrations, requests/s over the bare app (median of alternated rounds):")
+        for name, figures in web["requests/s ratios"].items():
+            print(f"  {name:<10} " + "  ".join(f"{k} {v:.2f}" for k, v in figures.items()))
+        for name, stall in web["loop stall"].items():
+            print(
+                f"  event-loop stall, {name}: "
+                + ", ".join(f"{k} {v:.2f}" for k, v in stall.items())
+            )
     if memory is not None:
         print(
             f"memory: {memory['calls']:,} buffered calls, {memory['written']:,} written, "
@@ -486,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
                     "noop_receiver_latency": floor,
                     "memory": memory,
                     "postgres": postgres,
+                    "web": web,
                 },
                 indent=2,
             )

@@ -238,3 +238,106 @@ def test_quickstart_runs_and_prints_nine_event_types(tmp_path):
     for event_type in (member.value for member in EventType):
         assert event_type in result.stdout
     assert "s3cret-Pa55" not in result.stdout
+
+
+def _rows(db: Path) -> list[tuple[Any, ...]]:
+    import sqlite3
+
+    conn = sqlite3.connect(str(db))
+    try:
+        return conn.execute(
+            "SELECT event_type, outcome, actor, error FROM audit_log ORDER BY id"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+def test_fastapi_example(tmp_path):
+    """examples/fastapi_app.py: a failed login, a good one, a config change by a token user."""
+    pytest.importorskip("fastapi")
+    from starlette.testclient import TestClient
+
+    from fastapi_app import create_app
+
+    db = tmp_path / "fastapi.db"
+    app = create_app(f"sqlite:///{db}")
+    with TestClient(app) as client:
+        wrong = {"username": "alice", "password": "wrong"}
+        assert 401 == client.post("/login", json=wrong).status_code
+        right = {"username": "alice", "password": "correct-horse-battery-staple"}
+        token = client.post("/login", json=right).json()["token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        assert (
+            200 == client.put("/config/theme", json={"value": "dark"}, headers=headers).status_code
+        )
+    app.state.audit_sink.close()
+    assert [
+        ("auth_failure", "failure", None, "HTTP 401"),
+        ("auth_success", "success", "alice", None),
+        ("config_changed", "success", "alice", None),
+    ] == _rows(db)
+
+
+def test_django_example_under_runserver(tmp_path):
+    """examples/django_project: a real runserver, then `manage.py auditaspect query`."""
+    pytest.importorskip("django")
+    from webservers import free_port, request, running
+
+    project = ROOT / "examples" / "django_project"
+    db = tmp_path / "django.db"
+    port = free_port()
+    env = {"AUDIT_URL": f"sqlite:///{db}"}
+    command = [sys.executable, str(project / "manage.py"), "runserver", "--noreload"]
+    with running([*command, f"127.0.0.1:{port}"], cwd=project, env=env, port=port):
+        assert 401 == request(port, "POST", "/login", form={"username": "alice"})[0]
+        good = {"username": "alice", "password": "correct-horse-battery-staple"}
+        assert 200 == request(port, "POST", "/login", form=good)[0]
+        form = {"value": "dark"}
+        assert (
+            200 == request(port, "POST", "/config/theme", form=form, headers={"X-User": "bob"})[0]
+        )
+    assert [
+        ("auth_failure", "failure", None, "HTTP 401"),
+        ("auth_success", "success", "alice", None),
+        ("config_changed", "success", "bob", None),
+    ] == _rows(db)
+    import os
+
+    done = subprocess.run(
+        [sys.executable, str(project / "manage.py"), "auditaspect", "verify"],
+        cwd=project,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert 0 == done.returncode, done.stderr
+    assert "3 rows" in done.stdout
+
+
+def test_celery_example(tmp_path, redis_server):
+    """examples/celery_tasks.py: a real worker records the deletion as the queuing user."""
+    pytest.importorskip("celery")
+    import os
+
+    from webservers import running
+
+    db = tmp_path / "celery.db"
+    env = {"REDIS_URL": redis_server, "AUDIT_URL": f"sqlite:///{db}"}
+    examples = ROOT / "examples"
+    worker = [sys.executable, "-m", "celery", "-A", "celery_tasks", "worker", "-c", "1"]
+    worker += ["--without-heartbeat", "--without-gossip", "--without-mingle", "-l", "INFO"]
+    with running(worker, cwd=examples, env=env, ready="ready.", timeout=90):
+        done = subprocess.run(
+            [sys.executable, str(examples / "celery_tasks.py")],
+            cwd=examples,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert 0 == done.returncode, done.stderr
+    assert "released: ['repo:old', 'ci:old']" in done.stdout
+    assert [("entity_deleted", "success", "alice", None)] == _rows(db)

@@ -172,7 +172,7 @@ async def _record(
     error: BaseException | None,
 ) -> None:
     for rule in rules:
-        if rule.matches(scope):
+        if rule.matches(scope) and rule.recorder.listening():
             response = ResponseInfo(
                 status_code=status,
                 headers={k.decode("latin-1"): v.decode("latin-1") for k, v in headers},
