@@ -18,7 +18,7 @@ from types import TracebackType
 
 import attrs
 
-__all__ = ["AuditContext", "audit_context", "current_context"]
+__all__ = ["AuditContext", "audit_context", "current_context", "pop_context", "push_context"]
 
 logger = logging.getLogger("auditaspect")
 
@@ -108,6 +108,28 @@ def current_context() -> AuditContext:
     return _current.get().resolve()
 
 
+def push_context(actor: object, ip: object, correlation_id: object) -> Token[_Frame]:
+    """Enter a context without resolving its lazy values; for integrations.
+
+    What ``audit_context(...).__enter__()`` does, minus building the resolved
+    context it returns (which would call a lazy actor at the start of every
+    request, before authentication). Pair with :func:`pop_context`.
+    """
+    outer = _current.get()
+    return _current.set(
+        _frame(
+            outer.actor if actor is None else actor,
+            outer.ip if ip is None else ip,
+            outer.correlation_id if correlation_id is None else correlation_id,
+        )
+    )
+
+
+def pop_context(token: Token[_Frame]) -> None:
+    """Restore what :func:`push_context` replaced."""
+    _current.reset(token)
+
+
 class audit_context:
     """Set actor, ip and correlation id for every event inside the block.
 
@@ -132,15 +154,8 @@ class audit_context:
     def __enter__(self) -> AuditContext:
         if self._token is not None:
             raise RuntimeError("this audit_context is already active; create a new one to nest")
-        outer = _current.get()
-        actor, ip, correlation_id = self._values
-        merged = _frame(
-            outer.actor if actor is None else actor,
-            outer.ip if ip is None else ip,
-            outer.correlation_id if correlation_id is None else correlation_id,
-        )
-        self._token = _current.set(merged)
-        return merged.resolve()
+        self._token = push_context(*self._values)
+        return _current.get().resolve()
 
     def __exit__(
         self,

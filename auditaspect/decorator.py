@@ -280,7 +280,7 @@ class Recorder:
         Receiver errors are isolated by :func:`signals.send`, except a strict
         sink's ``AuditWriteError``, which propagates.
         """
-        if not self.wanted(call):
+        if not self.listening() or not self.wanted(call):
             return None
         failed, reason = self.verdict(call)
         if not failed:

@@ -27,6 +27,7 @@ __all__ = [
     "dumps_details",
     "event_type_value",
     "fit_column",
+    "new_id",
 ]
 
 # The most UTF-8 bytes each text column stores. Indexed columns stay well
@@ -126,6 +127,11 @@ def _new_event_id() -> str:
         raw = os.urandom(16 * _ID_BATCH).hex()
         _id_pool.extend(raw[i : i + 32] for i in range(0, len(raw), 32))
         return _id_pool.pop()
+
+
+def new_id() -> str:
+    """A new random 128-bit id in hex (event ids, correlation ids)."""
+    return _new_event_id()
 
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - not on Windows

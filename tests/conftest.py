@@ -145,6 +145,8 @@ def django_client():
         finally:
             if saved is not None:
                 os.environ["AUDIT_URL"] = saved
+            # Loaded now; left set, child processes (a Celery worker) would try it too.
+            del os.environ["DJANGO_SETTINGS_MODULE"]
     from django.test import Client
 
     return Client(REMOTE_ADDR="10.0.0.4")

@@ -73,6 +73,7 @@ def worker(tmp_path, redis_server, monkeypatch):
     env = {"REDIS_URL": redis_server, "QUEUE": queue, "AUDIT_URL": f"sqlite:///{db}"}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+    monkeypatch.delenv("DJANGO_SETTINGS_MODULE", raising=False)  # Celery's Django fixup
     monkeypatch.syspath_prepend(str(tmp_path))
     command = [
         sys.executable,

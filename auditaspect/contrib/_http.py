@@ -6,7 +6,8 @@ No framework is imported here; the integrations pass in the header values.
 from __future__ import annotations
 
 import re
-import uuid
+
+from ..events import new_id
 
 __all__ = ["HEADER", "client_ip", "correlation_id", "http_failure"]
 
@@ -50,7 +51,7 @@ def correlation_id(request_id: str | None, traceparent: str | None = None) -> st
         match = _TRACEPARENT.fullmatch(traceparent.strip())
         if match and match.group(1) != "0" * 32:
             return match.group(1)
-    return uuid.uuid4().hex
+    return new_id()
 
 
 def http_failure(status_code: int) -> bool | str:

@@ -32,7 +32,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 
-from ..context import audit_context
+from ..context import pop_context, push_context
 from ..decorator import Extractor, Predicate, Recorder
 from ..events import Call
 from ._http import HEADER, client_ip, correlation_id, http_failure
@@ -61,9 +61,7 @@ def init_app(
         )
         ip = client_ip(request.remote_addr, request.headers.get("X-Forwarded-For"), trusted_proxies)
         # The callable itself: called when an event is built, after authentication.
-        context = audit_context(actor=actor, ip=ip, correlation_id=correlation)
-        context.__enter__()
-        setattr(g, _KEY, (context, correlation))
+        setattr(g, _KEY, (push_context(actor, ip, correlation), correlation))
 
     def echo(response: Response) -> Response:
         state = getattr(g, _KEY, None)
@@ -74,7 +72,7 @@ def init_app(
     def leave(_: BaseException | None) -> None:
         state = g.pop(_KEY, None)
         if state is not None:
-            state[0].__exit__(None, None, None)
+            pop_context(state[0])
 
     app.before_request(enter)
     app.after_request(echo)
@@ -164,7 +162,7 @@ def _record(
     def record(response: Response) -> Response:
         endpoint = request.endpoint or ""
         rule = rules.get(endpoint)
-        if rule is not None and request.method in rule[1]:
+        if rule is not None and request.method in rule[1] and rule[0].listening():
             recorder, _ = rule
             call = Call(
                 target=recorder.target,

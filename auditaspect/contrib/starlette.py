@@ -35,7 +35,7 @@ from typing import Any
 import attrs
 from starlette.concurrency import run_in_threadpool
 
-from ..context import audit_context
+from ..context import pop_context, push_context
 from ..decorator import Extractor, Predicate, Recorder
 from ..events import Call
 from ._http import HEADER, client_ip, correlation_id, http_failure
@@ -128,13 +128,15 @@ class AuditMiddleware:
             await send(message)
 
         # The callable, not its value: called when an event is built.
-        with audit_context(actor=lambda: actor(scope), ip=ip, correlation_id=correlation):
-            try:
-                await self.app(scope, receive, send_with_id)
-            except Exception as exc:
-                if rules and not recorded:
-                    await _record(rules, scope, 500, (), exc)
-                raise
+        token = push_context(lambda: actor(scope), ip, correlation)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            if rules and not recorded:
+                await _record(rules, scope, 500, (), exc)
+            raise
+        finally:
+            pop_context(token)
 
 
 # -- audit_route -------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import functools
 from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
-from ...context import audit_context
+from ...context import pop_context, push_context
 from ...decorator import Extractor, Predicate, Recorder
 from ...events import Call
 from .._http import HEADER, client_ip, correlation_id, http_failure
@@ -95,8 +95,11 @@ class AuditMiddleware:
         )
         actor = self.actor
         # The callable, not its value: request.user is read when an event is built.
-        with audit_context(actor=lambda: actor(request), ip=ip, correlation_id=correlation):
+        token = push_context(lambda: actor(request), ip, correlation)
+        try:
             response = self.get_response(request)
+        finally:
+            pop_context(token)
         response[self.header] = correlation
         return response
 
