@@ -302,3 +302,21 @@ def test_blog_under_gunicorn_with_two_workers(tmp_path):
     assert b"alice" in stored
     assert b"correct-horse" not in stored
     assert b"wrong-guess" not in stored
+
+
+def test_the_lazy_actor_is_not_called_when_no_event_is_built():
+    """init_app does not call the actor at the start of the request, only per event."""
+    calls = []
+
+    def actor():
+        calls.append(1)
+        return "alice"
+
+    app = make_app(actor=actor)
+    client = app.test_client()
+    client.post("/config/a")  # nothing listening: no event, no actor lookup
+    assert [] == calls
+    with capture_events() as events:
+        client.post("/config/b")
+    assert [1] == calls
+    assert "alice" == events[0].actor

@@ -155,7 +155,9 @@ def test_starlette_user_mounts_default_details_and_errors():
     with capture_events() as events:
         client.delete("/api/items/old", headers={"x-user": "root-admin"})
         assert 500 == client.delete("/api/items/boom", headers={"x-user": "root-admin"}).status_code
-        client.get("/ping", headers={"X-Request-ID": "\x1b]0;evil\x07"})
+        evil = client.get("/ping", headers={"X-Request-ID": "\x1b]0;evil\x07"})
+    assert "\x1b" not in evil.headers["x-request-id"]
+    assert 32 == len(evil.headers["x-request-id"])
     service, route, failure = events
     assert ("entity_deleted", "root-admin") == (service.event_type, service.actor)
     assert {"method": "DELETE", "path": "/api/items/old", "status": 200, "name": "old"} == dict(
