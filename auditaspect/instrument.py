@@ -129,8 +129,8 @@ def _describe(ref: Any, function: Any, original: Any) -> tuple[str, str] | None:
         keys = [k for k, v in ref.items() if v is function or v is original]
         key = f"[{keys[0]!r}]" if keys else ""
         for owner in holders:
-            if getattr(owner, "__dict__", None) is ref:  # the object's own attributes
-                return f"a {type(owner).__name__} object{key}", type(owner).__module__
+            if getattr(owner, "__dict__", None) is ref and keys:  # the object's attributes
+                return f"{type(owner).__name__}.{keys[0]}", type(owner).__module__
             attributes = getattr(owner, "__dict__", None)
             if isinstance(attributes, dict):
                 for attribute, value in attributes.items():
@@ -148,27 +148,45 @@ def _describe(ref: Any, function: Any, original: Any) -> tuple[str, str] | None:
         return None  # a cell of a running (or kept) frame: a local variable
     if isinstance(ref, (list, tuple, set)):
         return (f"a {type(ref).__name__}", "") if _held_by(ref) else None
-    return f"a {type(ref).__qualname__} object", type(ref).__module__
+    # An object whose attributes are stored inline (no __dict__ object of its own).
+    attributes = getattr(ref, "__dict__", None)
+    if isinstance(attributes, dict):
+        for attribute, value in attributes.items():
+            if value is function or value is original:
+                return f"{type(ref).__name__}.{attribute}", type(ref).__module__
+    return f"a {type(ref).__name__} object", type(ref).__module__
 
 
-def _referrers(original: Any, ours: tuple[object, ...]) -> list[tuple[str, str]]:
-    """Who else holds ``original``: ``[(description, module of the holder)]``.
+def _referrers(
+    originals: Mapping[str, Any], ours: tuple[object, ...]
+) -> dict[str, list[tuple[str, str]]]:
+    """Who else holds each original: ``{name: [(description, module of the holder)]}``.
 
-    Called after patching, so the owner's namespace holds the wrapper now.
-    What we hold ourselves (``ours``: the wrapper, our record of originals)
-    and local variables of frames (ours, the caller's, a traceback's) are not
+    One scan of the heap for all of them (``gc.get_referrers`` walks every
+    tracked object, which is slow in a big application). Called after
+    patching, so the owner's namespace holds the wrappers now. What we hold
+    ourselves (``ours``: the wrappers, our record of originals) and local
+    variables of frames (ours, the caller's, a traceback's) are not
     references that would bypass the patch.
     """
-    function = getattr(original, "__func__", original)
-    found = []
-    for ref in gc.get_referrers(function, original):
-        if ref is original or isinstance(ref, types.FrameType):
+    names: dict[int, str] = {}
+    pairs: dict[str, tuple[Any, Any]] = {}
+    for name, original in originals.items():
+        function = getattr(original, "__func__", original)
+        names[id(function)] = names[id(original)] = name
+        pairs[name] = (function, original)
+    found: dict[str, list[tuple[str, str]]] = {}
+    objects = [obj for pair in pairs.values() for obj in pair]
+    # Our own containers hold them too: the arguments, this bookkeeping.
+    skip = {id(obj) for obj in (*ours, *objects, objects, originals, *pairs.values())}
+    for ref in gc.get_referrers(*objects):
+        if isinstance(ref, types.FrameType) or id(ref) in skip:
             continue
-        if any(ref is mine for mine in ours):
-            continue
-        described = _describe(ref, function, original)
-        if described is not None:
-            found.append(described)
+        held = {names[id(o)] for o in gc.get_referents(ref) if id(o) in names}
+        for name in sorted(held):
+            described = _describe(ref, *pairs[name])
+            if described is not None:
+                found.setdefault(name, []).append(described)
     return found
 
 
@@ -185,18 +203,16 @@ def _advice(module: str) -> str:
     return "instrument before it is registered or imported, or decorate it with @audited"
 
 
-def _warn_if_held(target: Any, name: str, original: Any, ours: tuple[object, ...]) -> None:
-    held = _referrers(original, ours)
-    if not held:
-        return
-    where = "; ".join(description for description, _ in held[:3])
+def _warn_if_held(target: Any, originals: Mapping[str, Any], ours: tuple[object, ...]) -> None:
     label = getattr(target, "__name__", type(target).__name__)
-    warnings.warn(
-        f"instrument(): {label}.{name} is also held by {where}, which keeps calling the "
-        f"unaudited original; {_advice(held[0][1])}",
-        InstrumentWarning,
-        stacklevel=4,
-    )
+    for name, held in _referrers(originals, ours).items():
+        where = "; ".join(description for description, _ in held[:3])
+        warnings.warn(
+            f"instrument(): {label}.{name} is also held by {where}, which keeps calling the "
+            f"unaudited original; {_advice(held[0][1])}",
+            InstrumentWarning,
+            stacklevel=4,
+        )
 
 
 def _patch(target: Any, methods: Mapping[str, Spec]) -> None:
@@ -219,10 +235,11 @@ def _patch(target: Any, methods: Mapping[str, Spec]) -> None:
             options = dict(options)
             setattr(target, name, audited(options.pop("event_type"), **options)(original))
             originals[name] = raw
-    for name in specs:
-        raw = originals[name]
-        if raw is not _MISSING:  # an inherited method is the base class's business
-            _warn_if_held(target, name, raw, (originals, vars(target).get(name)))
+    # An inherited method (_MISSING) is the base class's business.
+    mine = {name: originals[name] for name in specs if originals[name] is not _MISSING}
+    if mine:
+        wrappers = tuple(vars(target).get(name) for name in mine)
+        _warn_if_held(target, mine, (originals, *wrappers))
 
 
 def instrument(target: Any, methods: Mapping[str, Spec]) -> None:

@@ -213,3 +213,31 @@ def test_management_command_through_call_command(django_client, tmp_path, settin
     assert "config_changed" == json.loads(out.getvalue())["event_type"]
     with pytest.raises(CommandError, match="status 2"):
         call_command("auditaspect", "query", "--since", "never", stdout=io.StringIO())
+
+
+def test_app_config_opens_the_sink_from_settings(django_client, tmp_path, settings_override):
+    """ready() connects a PeeweeSink on AUDITASPECT['DATABASE_URL'] with SINK_OPTIONS."""
+    from django.apps import apps
+
+    db = tmp_path / "ready.db"
+    settings_override(DATABASE_URL=f"sqlite:///{db}", SINK_OPTIONS={"mode": "buffered"})
+    config = apps.get_app_config("auditaspect")
+    config.ready()
+    try:
+        assert config.sink is not None
+        assert "buffered" == config.sink.mode
+        with capture_events():
+            django_client.post("/items/x/delete")
+        config.sink.flush()
+    finally:
+        config.sink.close()
+        config.sink = None
+    assert 1 == len(open_rows(db))
+
+
+def open_rows(db):
+    conn = sqlite3.connect(str(db))
+    try:
+        return conn.execute("SELECT event_type FROM audit_log").fetchall()
+    finally:
+        conn.close()

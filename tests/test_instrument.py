@@ -377,3 +377,44 @@ def test_toml_tables_take_every_option(vendor, tmp_path):
     finally:
         uninstrument(f"{vendor}:Billing")
         sys.modules.pop(rules, None)
+
+
+def test_lists_and_object_attributes_are_named(vendor, tmp_path):
+    """A handler list in another module and an object keeping the function are both reported."""
+    module = __import__(vendor)
+
+    class Job:
+        def __init__(self, callback):
+            self.callback = callback
+
+    handlers = [module.purge]
+    job = Job(module.Billing.refund)
+    try:
+        with pytest.warns(InstrumentWarning, match=r"purge is also held by a list,"):
+            instrument(module, {"purge": "entity_deleted"})
+        with pytest.warns(InstrumentWarning, match=r"refund is also held by Job\.callback,"):
+            instrument(module.Billing, {"refund": "config_changed"})
+    finally:
+        uninstrument(module)
+        uninstrument(module.Billing)
+    assert handlers
+    assert job.callback
+
+
+@pytest.mark.parametrize(
+    ("module", "advice"),
+    [
+        ("flask.sansio.blueprints", "audit_endpoint()"),
+        ("werkzeug.routing", "audit_endpoint()"),
+        ("starlette.routing", "audit_route()"),
+        ("fastapi.routing", "audit_route()"),
+        ("django.urls.resolvers", "audit_view()"),
+        ("celery.app.task", "@audited under @app.task"),
+        ("click.core", "decorate it with @audited"),
+    ],
+)
+def test_advice_names_the_framework_helper(module, advice):
+    """The warning's advice depends on the holder's framework."""
+    from auditaspect.instrument import _advice
+
+    assert advice in _advice(module)

@@ -208,7 +208,7 @@ def test_custom_actor_and_header():
             )
         ],
     )
-    audit_route(app, "ping", "config_changed")
+    audit_route(app, "ping", "config_changed", methods=("post",))
     client = TestClient(app)
     with capture_events() as events:
         response = client.post("/ping", headers={"X-Correlation-ID": "corr-7"})

@@ -256,7 +256,8 @@ def audit_route(
     rules: list[_Rule] = _rules_of(app)
     if any(rule.endpoint is endpoint or rule.endpoint == endpoint for rule in rules):
         raise ValueError(f"endpoint {endpoint!r} is already audited")
-    setattr(app.state, _RULES, [*rules, _Rule(endpoint, recorder, frozenset(methods))])
+    allowed = frozenset(method.upper() for method in methods)
+    setattr(app.state, _RULES, [*rules, _Rule(endpoint, recorder, allowed)])
 
 
 def _summary(call: Call) -> Mapping[str, Any]:
