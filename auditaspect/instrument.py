@@ -115,6 +115,24 @@ def _held_by(container: object) -> list[object]:
     return [o for o in gc.get_referrers(container) if not isinstance(o, types.FrameType)]
 
 
+def _attribute_of(owner: object, value: object) -> tuple[str, str] | None:
+    """``("Class.attribute", module)`` when ``owner`` holds ``value`` as an attribute.
+
+    ``owner`` is the object itself (its attributes stored inline, Python
+    3.11+) or its ``__dict__`` (a plain dict held by the object, 3.10).
+    """
+    candidates = [owner]
+    if isinstance(owner, dict):
+        candidates = [o for o in gc.get_referrers(owner) if getattr(o, "__dict__", None) is owner]
+    for obj in candidates:
+        attributes = getattr(obj, "__dict__", None)
+        if isinstance(attributes, dict):
+            for attribute, held in attributes.items():
+                if held is value:
+                    return f"{type(obj).__name__}.{attribute}", type(obj).__module__
+    return None
+
+
 def _describe(ref: Any, function: Any, original: Any) -> tuple[str, str] | None:
     """Describe one referrer as ``(what, module)``, or None when it is transient."""
     if isinstance(ref, dict):
@@ -131,12 +149,9 @@ def _describe(ref: Any, function: Any, original: Any) -> tuple[str, str] | None:
         for owner in holders:
             if getattr(owner, "__dict__", None) is ref and keys:  # the object's attributes
                 return f"{type(owner).__name__}.{keys[0]}", type(owner).__module__
-            attributes = getattr(owner, "__dict__", None)
-            if isinstance(attributes, dict):
-                for attribute, value in attributes.items():
-                    if value is ref:
-                        name = f"{type(owner).__name__}.{attribute}{key}"
-                        return name, type(owner).__module__
+            named = _attribute_of(owner, ref)
+            if named is not None:
+                return f"{named[0]}{key}", named[1]
         return f"a dict{key}", ""
     if isinstance(ref, types.CellType):
         for closure in _held_by(ref):
@@ -176,7 +191,9 @@ def _referrers(
         names[id(function)] = names[id(original)] = name
         pairs[name] = (function, original)
     found: dict[str, list[tuple[str, str]]] = {}
-    objects = [obj for pair in pairs.values() for obj in pair]
+    # A tuple: f(*args) passes it on as the call's argument tuple (else Python
+    # 3.13 builds one, which then holds them as well).
+    objects = tuple(obj for pair in pairs.values() for obj in pair)
     # Our own containers hold them too: the arguments, this bookkeeping.
     skip = {id(obj) for obj in (*ours, *objects, objects, originals, *pairs.values())}
     for ref in gc.get_referrers(*objects):
