@@ -1,6 +1,6 @@
 """Measure auditaspect against raw SQLite on the same rows, in one run.
 
-    python bench/compare.py [--events N] [--json PATH] [--skip-memory]
+    python bench/compare.py [--events N] [--rounds R] [--json PATH] [--skip-memory]
 
 Prints one table of events per second and the ratios the targets are stated
 in (docs/performance.md). Ratios, not absolute numbers, are what count on a
@@ -32,6 +32,7 @@ import peewee
 import wrapt
 
 import auditaspect
+import figures
 import web as web_bench
 from auditaspect import PeeweeSink, audited
 from auditaspect.model import create_schema
@@ -384,6 +385,15 @@ def main(argv: list[str] | None = None) -> int:
         "--skip-web", action="store_true", help="skip the web middleware and event-loop runs"
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="alternated rounds of the speed contract's ratios (median reported)",
+    )
+    parser.add_argument(
+        "--skip-contract", action="store_true", help="skip the speed contract (bench/figures.py)"
+    )
+    parser.add_argument(
         "--postgres",
         metavar="URL",
         default=os.environ.get("AUDITASPECT_TEST_POSTGRES_URL"),
@@ -450,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
             postgres["@audited -> buffered sink"] / postgres["raw psycopg executemany"]
         )
 
+    contract = None if args.skip_contract else figures.measure(n, args.rounds, args.postgres)
     web = None
     if not args.skip_web:
         with tempfile.TemporaryDirectory() as tmpdir:
@@ -481,10 +492,12 @@ def main(argv: list[str] | None = None) -> int:
         "same calls, no-op receiver, no writer (µs): "
         + ", ".join(f"{k} {v:.1f}" for k, v in floor.items())
     )
+    if contract is not None:
+        figures.report(contract)
     if web is not None:
         print("web integrations, requests/s over the bare app (median of alternated rounds):")
-        for name, figures in web["requests/s ratios"].items():
-            print(f"  {name:<10} " + "  ".join(f"{k} {v:.2f}" for k, v in figures.items()))
+        for name, numbers in web["requests/s ratios"].items():
+            print(f"  {name:<10} " + "  ".join(f"{k} {v:.2f}" for k, v in numbers.items()))
         for name, stall in web["loop stall"].items():
             print(
                 f"  event-loop stall, {name}: "
@@ -511,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
                     "memory": memory,
                     "postgres": postgres,
                     "web": web,
+                    "contract": contract,
                 },
                 indent=2,
             )
