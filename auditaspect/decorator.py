@@ -433,6 +433,31 @@ def audited(
 
 
 def _sync_wrapper(audit: Recorder) -> Any:
+    if audit.error_signal is not audit.signal:
+        # A returned call may be sent as on_error: its receivers count too.
+        return _sync_wrapper_with_failures(audit)
+
+    @wrapt.decorator
+    def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        try:
+            result = wrapped(*args, **kwargs)
+        except Exception as exc:
+            audit.failed(wrapped, instance, args, kwargs, exc)
+            raise
+        # The common path, kept to two attribute reads: nobody listening, nothing built.
+        if audit_event.receivers or audit.signal.receivers:
+            if result is not None and hasattr(type(result), "__await__"):
+                # The work happens when the caller awaits: audit then.
+                return _audited_await(audit, wrapped, instance, args, kwargs, result)
+            audit.succeeded(wrapped, instance, args, kwargs, result)
+        return result
+
+    return wrapper
+
+
+def _sync_wrapper_with_failures(audit: Recorder) -> Any:
     @wrapt.decorator
     def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -444,7 +469,6 @@ def _sync_wrapper(audit: Recorder) -> Any:
             raise
         if audit_event.receivers or audit.signal.receivers or audit.error_signal.receivers:
             if result is not None and hasattr(type(result), "__await__"):
-                # The work happens when the caller awaits: audit then.
                 return _audited_await(audit, wrapped, instance, args, kwargs, result)
             audit.succeeded(wrapped, instance, args, kwargs, result)
         return result
