@@ -241,3 +241,33 @@ def open_rows(db):
         return conn.execute("SELECT event_type FROM audit_log").fetchall()
     finally:
         conn.close()
+
+
+def test_audit_view_on_an_async_view(django_client):
+    """An async def view is audited after its await, success and failure alike."""
+    import asyncio
+
+    from django.http import HttpResponse
+    from django.test import RequestFactory
+
+    from auditaspect.contrib.django import audit_view
+
+    @audit_view("auth_success", on_error="auth_failure")
+    async def login(request):
+        await asyncio.sleep(0)
+        if request.POST.get("password") == "boom":
+            raise RuntimeError("backend down")
+        return HttpResponse(status=200 if request.POST.get("password") == "ok" else 403)
+
+    factory = RequestFactory()
+    with capture_events() as events:
+        asyncio.run(login(factory.post("/login", {"password": "ok"})))
+        asyncio.run(login(factory.post("/login", {"password": "no"})))
+        asyncio.run(login(factory.get("/login")))
+        with pytest.raises(RuntimeError, match="backend down"):
+            asyncio.run(login(factory.post("/login", {"password": "boom"})))
+    assert [
+        ("auth_success", None),
+        ("auth_failure", "HTTP 403"),
+        ("auth_failure", "RuntimeError: backend down"),
+    ] == [(e.event_type, e.error) for e in events]

@@ -29,6 +29,7 @@ Install with ``pip install 'auditaspect[django]'``.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
@@ -125,8 +126,8 @@ def audit_view(
     redaction removes secrets by key and pattern), ``call.result`` the
     response. Without one the details are the method, path, status and URL
     arguments, never the body. Other methods (a login form's GET) are not
-    recorded. For class-based views use ``method_decorator`` or wrap
-    ``as_view()``.
+    recorded. Works on ``async def`` views too (recorded after the await).
+    For class-based views use ``method_decorator`` or wrap ``as_view()``.
     """
     if failed is not None and not callable(failed):
         raise TypeError(f"failed must be callable or None, not {type(failed).__name__}")
@@ -143,6 +144,30 @@ def audit_view(
             failed=None if check is None else (lambda call: check(call.result)),
         )
 
+        def record(request: Any, kwargs: dict[str, Any], response: Any) -> None:
+            call = Call(target=recorder.target, arguments=kwargs, instance=request, result=response)
+            recorder.record(view, call)
+
+        def record_error(request: Any, kwargs: dict[str, Any], exc: Exception) -> None:
+            call = Call(target=recorder.target, arguments=kwargs, instance=request, error=exc)
+            recorder.record_error(view, call)
+
+        if inspect.iscoroutinefunction(view):
+
+            @functools.wraps(view)
+            async def async_wrapper(request: Any, *args: Any, **kwargs: Any) -> Any:
+                if request.method not in allowed or not recorder.listening():
+                    return await view(request, *args, **kwargs)
+                try:
+                    response = await view(request, *args, **kwargs)
+                except Exception as exc:
+                    record_error(request, kwargs, exc)
+                    raise
+                record(request, kwargs, response)
+                return response
+
+            return async_wrapper  # type: ignore[return-value]
+
         @functools.wraps(view)
         def wrapper(request: Any, *args: Any, **kwargs: Any) -> Any:
             if request.method not in allowed or not recorder.listening():
@@ -150,11 +175,9 @@ def audit_view(
             try:
                 response = view(request, *args, **kwargs)
             except Exception as exc:
-                call = Call(target=recorder.target, arguments=kwargs, instance=request, error=exc)
-                recorder.record_error(view, call)
+                record_error(request, kwargs, exc)
                 raise
-            call = Call(target=recorder.target, arguments=kwargs, instance=request, result=response)
-            recorder.record(view, call)
+            record(request, kwargs, response)
             return response
 
         return wrapper  # type: ignore[return-value]
