@@ -6,10 +6,20 @@ No framework is imported here; the integrations pass in the header values.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Collection
+from typing import Any
 
+from ..decorator import Extractor, Predicate, Recorder
 from ..events import new_id
 
-__all__ = ["HEADER", "client_ip", "correlation_id", "http_failure"]
+__all__ = [
+    "HEADER",
+    "client_ip",
+    "correlation_id",
+    "http_failure",
+    "method_set",
+    "response_recorder",
+]
 
 HEADER = "X-Request-ID"
 # An incoming request id is used only when it is a sane token: it lands in a
@@ -57,3 +67,36 @@ def correlation_id(request_id: str | None, traceparent: str | None = None) -> st
 def http_failure(status_code: int) -> bool | str:
     """The default ``failed`` rule of the web helpers: 4xx and 5xx, as ``"HTTP 401"``."""
     return status_code >= 400 and f"HTTP {status_code}"
+
+
+def method_set(methods: Collection[str]) -> frozenset[str]:
+    """HTTP methods as the upper-case names requests carry."""
+    return frozenset(method.upper() for method in methods)
+
+
+def response_recorder(
+    target: str,
+    event_type: str,
+    *,
+    on_error: str | None,
+    failed: Callable[[Any], bool | str] | None,
+    extractor: Extractor | None,
+    summary: Extractor,
+    when: Predicate | None,
+) -> Recorder:
+    """The Recorder of a web helper: ``failed`` judges the response (``call.result``).
+
+    ``summary`` is the extractor used when the user gave none. A ``failed``
+    that is not callable is a ``TypeError``, as for ``@audited``.
+    """
+    if failed is not None and not callable(failed):
+        raise TypeError(f"failed must be callable or None, not {type(failed).__name__}")
+    check = failed
+    return Recorder(
+        target,
+        event_type,
+        extractor if extractor is not None else summary,
+        on_error,
+        when=when,
+        failed=None if check is None else (lambda call: check(call.result)),
+    )

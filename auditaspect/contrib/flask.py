@@ -35,7 +35,14 @@ from flask import Flask, Response, current_app, g, request
 from ..context import pop_context, push_context
 from ..decorator import Extractor, Predicate, Recorder
 from ..events import Call
-from ._http import HEADER, client_ip, correlation_id, http_failure
+from ._http import (
+    HEADER,
+    client_ip,
+    correlation_id,
+    http_failure,
+    method_set,
+    response_recorder,
+)
 
 __all__ = ["audit_endpoint", "client_ip", "init_app"]
 
@@ -126,18 +133,16 @@ def audit_endpoint(
             f"{app.name} has no endpoint {endpoint!r} (known: {known}); call audit_endpoint() "
             "after registering its blueprint"
         )
-    if failed is not None and not callable(failed):
-        raise TypeError(f"failed must be callable or None, not {type(failed).__name__}")
-    check = failed
-    recorder = Recorder(
+    recorder = response_recorder(
         f"{view.__module__}.{view.__qualname__}",
         event_type,
-        extractor if extractor is not None else _request_summary,
-        on_error,
+        on_error=on_error,
+        failed=failed,
+        extractor=extractor,
+        summary=_request_summary,
         when=when,
-        failed=None if check is None else (lambda call: check(call.result)),
     )
-    allowed = frozenset(method.upper() for method in methods)
+    allowed = method_set(methods)
     rules: dict[str, tuple[Recorder, frozenset[str]]] | None = app.extensions.get(_RULES)
     if rules is None:
         rules = app.extensions[_RULES] = {}

@@ -38,7 +38,14 @@ from starlette.concurrency import run_in_threadpool
 from ..context import pop_context, push_context
 from ..decorator import Extractor, Predicate, Recorder
 from ..events import Call
-from ._http import HEADER, client_ip, correlation_id, http_failure
+from ._http import (
+    HEADER,
+    client_ip,
+    correlation_id,
+    http_failure,
+    method_set,
+    response_recorder,
+)
 
 __all__ = ["AuditMiddleware", "ResponseInfo", "audit_route", "default_actor"]
 
@@ -240,24 +247,20 @@ def audit_route(
     if not found:
         name = endpoint if isinstance(endpoint, str) else getattr(endpoint, "__name__", endpoint)
         raise ValueError(f"the app has no route for endpoint {name!r}; add the route first")
-    if failed is not None and not callable(failed):
-        raise TypeError(f"failed must be callable or None, not {type(failed).__name__}")
     view = getattr(found[0], "endpoint", None)
-    target = f"{getattr(view, '__module__', '?')}.{getattr(view, '__qualname__', endpoint)}"
-    check = failed
-    recorder = Recorder(
-        target,
+    recorder = response_recorder(
+        f"{getattr(view, '__module__', '?')}.{getattr(view, '__qualname__', endpoint)}",
         event_type,
-        extractor if extractor is not None else _summary,
-        on_error,
+        on_error=on_error,
+        failed=failed,
+        extractor=extractor,
+        summary=_summary,
         when=when,
-        failed=None if check is None else (lambda call: check(call.result)),
     )
     rules: list[_Rule] = _rules_of(app)
     if any(rule.endpoint is endpoint or rule.endpoint == endpoint for rule in rules):
         raise ValueError(f"endpoint {endpoint!r} is already audited")
-    allowed = frozenset(method.upper() for method in methods)
-    setattr(app.state, _RULES, [*rules, _Rule(endpoint, recorder, allowed)])
+    setattr(app.state, _RULES, [*rules, _Rule(endpoint, recorder, method_set(methods))])
 
 
 def _summary(call: Call) -> Mapping[str, Any]:

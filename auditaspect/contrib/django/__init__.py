@@ -34,9 +34,16 @@ from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
 from ...context import pop_context, push_context
-from ...decorator import Extractor, Predicate, Recorder
+from ...decorator import Extractor, Predicate
 from ...events import Call
-from .._http import HEADER, client_ip, correlation_id, http_failure
+from .._http import (
+    HEADER,
+    client_ip,
+    correlation_id,
+    http_failure,
+    method_set,
+    response_recorder,
+)
 
 __all__ = ["AuditMiddleware", "audit_view", "request_user", "settings"]
 
@@ -129,19 +136,17 @@ def audit_view(
     recorded. Works on ``async def`` views too (recorded after the await).
     For class-based views use ``method_decorator`` or wrap ``as_view()``.
     """
-    if failed is not None and not callable(failed):
-        raise TypeError(f"failed must be callable or None, not {type(failed).__name__}")
-    allowed = frozenset(method.upper() for method in methods)
-    check = failed
+    allowed = method_set(methods)
 
     def decorate(view: V) -> V:
-        recorder = Recorder(
+        recorder = response_recorder(
             f"{view.__module__}.{view.__qualname__}",
             event_type,
-            extractor if extractor is not None else _summary,
-            on_error,
+            on_error=on_error,
+            failed=failed,
+            extractor=extractor,
+            summary=_summary,
             when=when,
-            failed=None if check is None else (lambda call: check(call.result)),
         )
 
         def record(request: Any, kwargs: dict[str, Any], response: Any) -> None:

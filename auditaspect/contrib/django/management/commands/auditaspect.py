@@ -30,6 +30,7 @@ class Command(BaseCommand):  # type: ignore[misc]
         parser.add_argument("args", nargs=argparse.REMAINDER)
 
     def handle(self, *args: str, **options: Any) -> None:
+        # The wrapped stream: Django's OutputWrapper would add a newline to each write.
         status = cli.main(_argv(list(args)), out=self.stdout._out)
         if status:
             raise CommandError(f"auditaspect exited with status {status}", returncode=status)
