@@ -320,3 +320,30 @@ def test_the_lazy_actor_is_not_called_when_no_event_is_built():
         client.post("/config/b")
     assert [1] == calls
     assert "alice" == events[0].actor
+
+
+def test_a_strict_sink_that_cannot_write_turns_the_response_into_a_500(tmp_path):
+    """A locked database and a strict sink: the login is not answered 200 unaudited."""
+    import peewee
+
+    from auditaspect import PeeweeSink
+    from test_sink import _locked
+
+    app = flask.Flask("strict")
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+
+    @app.post("/login")
+    def login():
+        return "welcome"
+
+    audit_endpoint(app, "login", "auth_success")
+    path = str(tmp_path / "locked.db")
+    db = peewee.SqliteDatabase(path, timeout=0.05)
+    with db.connection_context(), PeeweeSink(db, strict=True):
+        blocker = _locked(path)
+        try:
+            assert 500 == app.test_client().post("/login").status_code
+        finally:
+            blocker.rollback()
+            blocker.close()
+        assert 200 == app.test_client().post("/login").status_code

@@ -214,3 +214,30 @@ def test_custom_actor_and_header():
         response = client.post("/ping", headers={"X-Correlation-ID": "corr-7"})
     assert ("/ping", "corr-7") == (events[0].actor, events[0].correlation_id)
     assert "corr-7" == response.headers["x-correlation-id"]
+
+
+def test_a_strict_sink_that_cannot_write_answers_500(tmp_path):
+    """audit_route with a strict sink on a locked database: no 200 goes out unaudited."""
+    import peewee
+
+    from auditaspect import PeeweeSink
+    from test_sink import _locked
+
+    app = Starlette(
+        routes=[Route("/ping", ping, methods=["POST"])], middleware=[Middleware(AuditMiddleware)]
+    )
+    audit_route(app, ping, "config_changed")
+    client = TestClient(app, raise_server_exceptions=False)
+    path = str(tmp_path / "locked.db")
+    # One connection for every thread: audit_route writes from Starlette's
+    # threadpool, and a per-thread connection left to the garbage collector
+    # is an error under Python 3.13's warnings in this suite.
+    db = peewee.SqliteDatabase(path, timeout=0.05, thread_safe=False, check_same_thread=False)
+    with db.connection_context(), PeeweeSink(db, strict=True):
+        blocker = _locked(path)
+        try:
+            assert 500 == client.post("/ping").status_code
+        finally:
+            blocker.rollback()
+            blocker.close()
+        assert 200 == client.post("/ping").status_code
