@@ -9,7 +9,6 @@ context never leaks from one task into the next.
 
 from __future__ import annotations
 
-import sqlite3
 import sys
 import textwrap
 import uuid
@@ -21,7 +20,7 @@ celery = pytest.importorskip("celery")
 from auditaspect import audit_context  # noqa: E402
 from auditaspect.contrib import celery as audit_celery  # noqa: E402
 from auditaspect.testing import capture_events  # noqa: E402
-from webservers import running  # noqa: E402
+from webservers import audit_rows, running  # noqa: E402
 
 TASKS = """
 import os
@@ -96,13 +95,7 @@ def worker(tmp_path, redis_server, monkeypatch):
 
 
 def rows(db):
-    conn = sqlite3.connect(str(db))
-    try:
-        return conn.execute(
-            "SELECT details, actor, ip, correlation_id, outcome FROM audit_log ORDER BY id"
-        ).fetchall()
-    finally:
-        conn.close()
+    return audit_rows(db, "details, actor, ip, correlation_id, outcome")
 
 
 def test_task_events_name_the_user_who_queued_them(worker):

@@ -241,15 +241,9 @@ def test_quickstart_runs_and_prints_nine_event_types(tmp_path):
 
 
 def _rows(db: Path) -> list[tuple[Any, ...]]:
-    import sqlite3
+    from webservers import audit_rows
 
-    conn = sqlite3.connect(str(db))
-    try:
-        return conn.execute(
-            "SELECT event_type, outcome, actor, error FROM audit_log ORDER BY id"
-        ).fetchall()
-    finally:
-        conn.close()
+    return audit_rows(db, "event_type, outcome, actor, error")
 
 
 def test_fastapi_example(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import sys
 from pathlib import Path
 
@@ -94,14 +93,7 @@ def test_fastapi_under_uvicorn(tmp_path):
         statuses = session(send)
     assert [200, 401, 200, 200, 200, 200, 401] == statuses
     assert "req-fastapi-1" == headers_seen[2]
-    conn = sqlite3.connect(str(db))
-    try:
-        rows = conn.execute(
-            "SELECT event_type, outcome, error, actor, ip, correlation_id"
-            " FROM audit_log ORDER BY id"
-        ).fetchall()
-    finally:
-        conn.close()
+    rows = webservers.audit_rows(db, "event_type, outcome, error, actor, ip, correlation_id")
     assert [(*e, "198.51.100.30") for e in EXPECTED] == [r[:5] for r in rows]
     assert "req-fastapi-1" == rows[1][5]
     assert verify(f"sqlite:///{db}").ok

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 import urllib.parse
@@ -114,6 +115,15 @@ def request(
 
 def json_body(raw: bytes) -> Any:
     return json.loads(raw.decode("utf-8"))
+
+
+def audit_rows(path: Path, columns: str) -> list[tuple[Any, ...]]:
+    """``SELECT columns FROM audit_log ORDER BY id`` on a SQLite file, with plain sqlite3."""
+    conn = sqlite3.connect(str(path))
+    try:
+        return conn.execute(f"SELECT {columns} FROM audit_log ORDER BY id").fetchall()
+    finally:
+        conn.close()
 
 
 def database_bytes(path: Path) -> bytes:
