@@ -34,9 +34,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import json
 import logging
-import operator
 import os
 import threading
 import time
@@ -52,12 +50,10 @@ import peewee
 from .checkpoints import Checkpoint, CheckpointWriter, read_head
 from .database import close_database, database_origin, open_database
 from .errors import AuditError, AuditWriteError, first_line
-from .events import COLUMN_LIMITS, AuditEvent, dumps_details, event_type_value, fit_column
+from .events import AuditEvent, event_type_value
 from .integrity import (
     CHAINED_FIELDS,
     GENESIS,
-    canonical,
-    canonical_details,
     key_id,
     legacy_payload,
     link,
@@ -67,14 +63,13 @@ from .integrity import (
 from .model import (
     TABLE_NAME,
     AuditRecord,
-    compile_insert,
     create_schema,
     drop_guards,
-    format_timestamp,
     install_guards,
     schema_lock,
 )
 from .redaction import Redactor, get_redactor
+from .rows import EVENT_ID, PAYLOAD, CompiledInsert, Row, prepare_row, row_event
 from .signals import audit_event, signal_for
 from .spill import SpillFile
 from .writer import BatchWriter, install_sigterm_handler
@@ -85,8 +80,6 @@ logger = logging.getLogger("auditaspect")
 
 Mode = Literal["sync", "buffered"]
 _MODES = ("sync", "buffered")
-# Column order of the compiled INSERT's rows.
-_COLUMNS = ("id", *CHAINED_FIELDS, "details", "prev_hash", "hash", "key_id")
 _HEAD_SQL = f"SELECT id, hash, key_id FROM {TABLE_NAME} ORDER BY id DESC LIMIT 1"
 # One advisory lock id for audit_log appends on PostgreSQL (stable across hosts).
 ADVISORY_LOCK_ID = zlib.crc32(b"auditaspect:audit_log")
@@ -118,160 +111,6 @@ class SinkStats:
     quarantined: int = 0
     late: int = 0
     lost: int = 0
-
-
-class _Prepared:
-    """One event's redacted column values and the bytes its chain link hashes."""
-
-    __slots__ = ("details", "event", "payload", "scalars")
-
-    def __init__(self, event: AuditEvent, redactor: Redactor) -> None:
-        self.event = event
-        scalars: tuple[str | None, ...] = (
-            event.event_id,
-            format_timestamp(event.timestamp),
-            event.event_type,
-            event.outcome,
-            event.actor,
-            event.plan_id,
-            event.ip,
-            event.correlation_id,
-            event.target,
-            event.error,
-        )
-        if event._redacted_by is redactor:
-            # The text serialised when the event was sent: a receiver that
-            # changed the details dict since cannot change the row.
-            details = event._details_json or dumps_details(event.details)
-        else:  # built by hand, or by another redactor
-            text = redactor.redact_text
-            scalars = tuple(v if i < 4 or v is None else text(v) for i, v in enumerate(scalars))
-            # The pipeline fitted its events' columns already.
-            scalars = _fit(scalars)
-            details = dumps_details(redactor.redact(event.details))
-        self.scalars: tuple[str | None, ...] = scalars
-        self.details = details
-        # What the link hashes after the row's id and key id (known under the lock).
-        self.payload = canonical(self.scalars, canonical_details(details))
-
-    def redacted_event(self) -> AuditEvent:
-        """The event as it would be stored (what may go to the spill file)."""
-        (_, _, _, _, actor, plan_id, ip, correlation_id, target, error) = self.scalars
-        return attrs.evolve(
-            self.event,
-            actor=actor,
-            plan_id=plan_id,
-            ip=ip,
-            correlation_id=correlation_id,
-            target=target or "",
-            error=error,
-            details=json.loads(self.details),
-        )
-
-
-# Limits of the scalar columns, in _Prepared.scalars order (the chain's field
-# order; event_id, timestamp and outcome are made or checked by AuditEvent).
-_LIMITS = tuple(COLUMN_LIMITS.get(name) for name in CHAINED_FIELDS)
-_CHECKED = tuple((index, limit) for index, limit in enumerate(_LIMITS) if limit)
-
-
-def _fit(scalars: tuple[str | None, ...]) -> tuple[str | None, ...]:
-    """Cut over-long column values (with a marker) so the database cannot refuse them."""
-    for index, limit in _CHECKED:
-        value = scalars[index]
-        if value is not None and len(value) * 4 > limit:
-            break
-    else:
-        return scalars
-    return tuple(
-        v if v is None or lim is None else fit_column(v, lim)
-        for v, lim in zip(scalars, _LIMITS, strict=True)
-    )
-
-
-class _CompiledInsert:
-    """The INSERT for one database, compiled by peewee, and its row parameters.
-
-    Rows go in as multi-row ``INSERT ... VALUES (...), (...)`` statements of a
-    few fixed sizes, each compiled once. One statement per chunk rather than
-    ``executemany``: the driver releases the GIL around every row it steps,
-    and a writer thread that must win the GIL back once per row crawls while
-    callers keep the interpreter busy. On PostgreSQL with psycopg 3, a batch
-    is one ``COPY ... FROM STDIN`` of the model's columns (measured faster
-    than both multi-row INSERTs and the driver's pipelined ``executemany``).
-    """
-
-    CHUNKS = (500, 100, 20, 5, 1)
-
-    def __init__(self, database: peewee.Database) -> None:
-        self._database = database
-        sentinels: dict[str, Any] = {name: f"\x00auditaspect:{name}\x00" for name in _COLUMNS}
-        sentinels["id"] = -7_294_019_357  # an integer column: an integer sentinel
-        self._values: dict[Any, Any] = {getattr(AuditRecord, n): sentinels[n] for n in _COLUMNS}
-        self._values[AuditRecord.details] = {"\x00auditaspect": "details"}
-        sql, params = self._compile(1)
-        by_value = {s: n for n, s in sentinels.items()}
-        order = [
-            by_value.get(p, "details") if isinstance(p, (str, int)) else "details" for p in params
-        ]
-        if sorted(order) != sorted(_COLUMNS):  # pragma: no cover - a peewee we do not know
-            raise RuntimeError(f"unexpected INSERT parameters for {TABLE_NAME}: {order}")
-        self._sql: dict[int, str] = {1: sql}
-        meta = AuditRecord._meta
-        quoted = ", ".join(f'"{meta.fields[name].column_name}"' for name in order)
-        self._copy_sql: str | None = (
-            f'COPY "{meta.table_name}" ({quoted}) FROM STDIN'
-            if isinstance(database, peewee.PostgresqlDatabase)
-            else None
-        )
-        self._order = operator.itemgetter(*(_COLUMNS.index(name) for name in order))
-        details_param = params[order.index("details")]
-        # SQLite: the JSON text goes into json(?). PostgreSQL: the driver's
-        # Jsonb adapter, handed the text we already serialised.
-        self._wrap: Callable[[str], Any] | None = (
-            None
-            if isinstance(details_param, str)
-            else functools.partial(_rewrap, type(details_param))
-        )
-
-    def _compile(self, rows: int) -> tuple[str, list[Any]]:
-        return compile_insert(self._database, [self._values] * rows)
-
-    def sql(self, rows: int) -> str:
-        """The INSERT of ``rows`` rows (one of :attr:`CHUNKS`), compiled on first use."""
-        sql = self._sql.get(rows)
-        if sql is None:
-            sql = self._sql[rows] = self._compile(rows)[0]
-        return sql
-
-    def params(
-        self, row_id: int, row: _Prepared, prev_hash: str, hash_: str, key: str
-    ) -> tuple[Any, ...]:
-        details = row.details if self._wrap is None else self._wrap(row.details)
-        return self._order((row_id, *row.scalars, details, prev_hash, hash_, key))  # type: ignore[no-any-return]
-
-    def execute(self, cursor: Any, params: list[tuple[Any, ...]]) -> None:
-        """Insert every row of ``params``: COPY on PostgreSQL (psycopg 3), else
-        multi-row INSERTs, as few as the chunk sizes allow."""
-        if self._copy_sql is not None and len(params) > 1 and hasattr(cursor, "copy"):
-            with cursor.copy(self._copy_sql) as copy:
-                for row in params:
-                    copy.write_row(row)
-            return
-        start, total = 0, len(params)
-        for size in self.CHUNKS:
-            while total - start >= size:
-                chunk = params[start : start + size]
-                cursor.execute(self.sql(size), [v for row in chunk for v in row])
-                start += size
-
-
-def _identity(text: str) -> str:
-    return text
-
-
-def _rewrap(adapter: Any, text: str) -> Any:
-    return adapter(text, dumps=_identity)
 
 
 class PeeweeSink:
@@ -358,8 +197,10 @@ class PeeweeSink:
         self.spill = SpillFile(
             spill_path or _default_spill_path(self.database, origin), origin=origin
         )
-        self._insert: _CompiledInsert | None = None
-        self._writer: BatchWriter | None = None
+        self._insert: CompiledInsert | None = None
+        # (id, hash) of the log's last row, as this sink last wrote or read it (SQLite).
+        self._head: tuple[int, str] | None = None
+        self._writer: BatchWriter[Row] | None = None
         self._writer_options = {
             "batch_size": batch_size,
             "flush_interval": flush_interval,
@@ -419,7 +260,7 @@ class PeeweeSink:
             if self.mode == "buffered" and self.database.database == ":memory:":
                 raise ValueError("buffered mode needs a database file: ':memory:' is per thread")
             try:
-                self._insert = _CompiledInsert(self.database)
+                self._insert = CompiledInsert(self.database)
                 self._create_schema()
                 self._check_key()
             except (peewee.OperationalError, peewee.InterfaceError, OSError) as exc:
@@ -672,104 +513,120 @@ class PeeweeSink:
             return
         if self._insert is None:
             raise RuntimeError("PeeweeSink is not connected; call .connect() or use it in 'with'")
+        # The row is built here, on the caller's thread: a buffered sink
+        # queues plain tuples, and the event dies with the audited call.
+        row = self._row(event)
+        if row is None:
+            return
         writer = self._writer
         if writer is None:
-            self._deliver([event])
+            self._deliver([row])
         elif writer.closed:
             # Past the exit-time flush (a daemon thread still serving, an
             # atexit hook that ran after ours): write it now, never drop it.
             with self._stats_lock:
                 self.stats.late += 1
-            self._deliver([event])
+            self._deliver([row])
         elif self.database.in_transaction():
             # Queue it only if the caller's transaction commits.
-            self.database.after_commit(functools.partial(writer.put, event))
+            self.database.after_commit(functools.partial(writer.put, row))
         else:
-            writer.put(event)
+            writer.put(row)
+
+    def _row(self, event: AuditEvent) -> Row | None:
+        """The event's row; ``None`` (counted lost, logged critical) if it cannot be built."""
+        try:
+            return prepare_row(event, self._redactor or get_redactor())
+        except Exception:
+            with self._stats_lock:
+                self.stats.failed += 1
+                self.stats.lost += 1
+            logger.critical(
+                "LOST audit event %s: it cannot be made into a row", event.event_id, exc_info=True
+            )
+            if self.strict:
+                raise AuditWriteError(f"audit event {event.event_id} cannot be stored") from None
+            return None
+
+    def _rows(self, events: Sequence[AuditEvent]) -> list[Row]:
+        redactor = self._redactor or get_redactor()
+        return [prepare_row(event, redactor) for event in events]
 
     # -- delivering ------------------------------------------------------------
 
-    def _deliver(self, events: list[AuditEvent]) -> None:
-        """Write events, or spill them; raise only for a strict sink."""
+    def _deliver(self, rows: list[Row]) -> None:
+        """Write rows, or spill them; raise only for a strict sink."""
         if not self.strict and time.monotonic() < self._retry_at:
-            self._spill(events)
+            self._spill(rows)
             return
         try:
-            prepared = self._prepare(events)
-            self._store(prepared)
+            self._store(rows)
         except _Deferred:
             # Still only if the caller's transaction commits; then in a
             # transaction of its own, which reads the current head.
-            self.database.after_commit(functools.partial(self._deliver, events))
+            self.database.after_commit(functools.partial(self._deliver, rows))
             return
         except Exception as exc:
             if (
-                len(events) > 1
+                len(rows) > 1
                 and not self.strict
                 and _refused_for_content(exc)
-                and self._isolate(events)
+                and self._isolate(rows)
             ):
                 return
-            self._failed(events, exc)
+            self._failed(rows, exc)
             return
         with self._stats_lock:
-            self.stats.written += len(events)
+            self.stats.written += len(rows)
         if self._checkpoints is not None:
-            self._checkpoints.note(len(events))
+            self._checkpoints.note(len(rows))
         if self._retry_at:
             self._retry_at = 0.0
             logger.info("audit database writable again")
         self._replay_if_spilled()
 
-    def _isolate(self, events: list[AuditEvent]) -> bool:
-        """After a batch failed: write its events one by one, spilling only those that fail.
+    def _isolate(self, rows: list[Row]) -> bool:
+        """After a batch failed: write its rows one by one, spilling only those that fail.
 
         One event the database refuses must not take the rest of its batch
-        with it. Returns False (nothing written) when the first two events
+        with it. Returns False (nothing written) when the first two rows
         fail too: then the database itself is failing, and the caller spills
-        the batch whole rather than trying every event.
+        the batch whole rather than trying every row.
         """
-        written, refused = self._store_each(events)
+        written, refused = self._store_each(rows)
         if not written:
             return False
         with self._stats_lock:
             self.stats.written += written
-        for event, error in refused:
-            self._failed([event], error, probe=False)
+        for row, error in refused:
+            self._failed([row], error, probe=False)
         return True
 
-    def _store_each(
-        self, events: list[AuditEvent]
-    ) -> tuple[int, list[tuple[AuditEvent, Exception]]]:
-        """Store events one by one; return how many went in and those refused, with why.
+    def _store_each(self, rows: list[Row]) -> tuple[int, list[tuple[Row, Exception]]]:
+        """Store rows one by one; return how many went in and those refused, with why.
 
         Gives up (after storing nothing) once the first two are refused: then
         the database is failing, not the events, and trying each would only
         take longer.
         """
         stored = 0
-        refused: list[tuple[AuditEvent, Exception]] = []
-        for number, event in enumerate(events):
+        refused: list[tuple[Row, Exception]] = []
+        for number, row in enumerate(rows):
             if number == 2 and not stored:
                 return 0, refused
             try:
-                self._store(self._prepare([event]))
+                self._store([row])
             except Exception as exc:
-                refused.append((event, exc))
+                refused.append((row, exc))
                 continue
             stored += 1
         return stored, refused
 
-    def _prepare(self, events: Sequence[AuditEvent]) -> list[_Prepared]:
-        redactor = self._redactor or get_redactor()
-        return [_Prepared(event, redactor) for event in events]
-
-    def _store(self, rows: Sequence[_Prepared]) -> None:
+    def _store(self, rows: Sequence[Row]) -> None:
         """Append rows to the chain in one transaction (or the caller's)."""
         insert = self._insert
         assert insert is not None
         db = self.database
-        key = self._key
         # A pooled connection this write had to open goes back to the pool
         # afterwards: threads that come and go must not drain the pool.
         give_back = self._pooled and db.is_closed()
@@ -782,18 +639,47 @@ class PeeweeSink:
                 if fd is None or self._generation or os.fstat(fd).st_nlink == 0:
                     self._check_file(db)
             try:
-                self._append(db, insert, rows, key)
+                if (
+                    self._postgres
+                    or db.in_transaction()
+                    or not self._append_after(db, insert, rows)
+                ):
+                    self._append(db, insert, rows)
             finally:
                 if give_back and not db.in_transaction() and not db.is_closed():
                     db.close()
 
-    def _append(
-        self,
-        db: peewee.Database,
-        insert: _CompiledInsert,
-        rows: Sequence[_Prepared],
-        key: bytes | None,
-    ) -> None:
+    def _chain(
+        self, insert: CompiledInsert, rows: Sequence[Row], last: int, prev: str
+    ) -> tuple[list[tuple[Any, ...]], int, str]:
+        """The rows' parameters chained after row ``last`` (hash ``prev``), and the new head."""
+        key, mine, params = self._key, self._key_id, []
+        for row in rows:
+            last += 1
+            current = link_row(prev, last, mine, row[PAYLOAD], key)
+            params.append(insert.params(row, last, prev, current, mine))
+            prev = current
+        return params, last, prev
+
+    def _append_after(
+        self, db: peewee.Database, insert: CompiledInsert, rows: Sequence[Row]
+    ) -> bool:
+        """SQLite, outside a transaction: append in one statement after the head
+        this sink last wrote or read; ``False`` when another writer got in first
+        (or the head is not known yet), and nothing was written."""
+        head = self._head
+        if head is None or len(rows) > insert.APPEND_LIMIT:
+            return False
+        last, prev = head
+        params, new_last, new_prev = self._chain(insert, rows, last, prev)
+        cursor = db.cursor()  # type: ignore[no-untyped-call]
+        if not insert.append_after(cursor, params, prev if last else None):
+            return False
+        self._head = (new_last, new_prev)
+        return True
+
+    def _append(self, db: peewee.Database, insert: CompiledInsert, rows: Sequence[Row]) -> None:
+        """Append under the database's write lock, reading the head first."""
         joined = db.in_transaction()
         # Inside the caller's transaction: a savepoint; else SQLite's write lock up front.
         plain = joined or self._postgres
@@ -809,14 +695,10 @@ class PeeweeSink:
                 last, prev, head_key = head
                 if head_key is not None and head_key != self._key_id and not self._rotate:
                     raise AuditError(_key_mismatch(head_key, self._key_id))
-            params = []
-            mine = self._key_id
-            for row in rows:
-                last += 1
-                current = link_row(prev, last, mine, row.payload, key)
-                params.append(insert.params(last, row, prev, current, mine))
-                prev = current
+            params, last, prev = self._chain(insert, rows, last, prev)
             insert.execute(cursor, params)
+        # Committed (a joined write may still roll back: its head is not remembered).
+        self._head = None if joined or self._postgres else (last, prev)
 
     def _check_file(self, db: peewee.Database) -> None:
         """Notice a SQLite file deleted or replaced while in use, and write to the new one.
@@ -873,25 +755,25 @@ class PeeweeSink:
                 }
             fresh = [e for e in chunk if e.event_id not in present]
             if fresh:
-                stored += self._store_or_quarantine(fresh)
+                stored += self._store_or_quarantine(self._rows(fresh))
         return stored
 
-    def _store_or_quarantine(self, events: list[AuditEvent]) -> int:
-        """Store replayed events; set aside those the database refuses while it takes others."""
+    def _store_or_quarantine(self, rows: list[Row]) -> int:
+        """Store replayed rows; set aside those the database refuses while it takes others."""
         try:
-            self._store(self._prepare(events))
-            return len(events)
+            self._store(rows)
+            return len(rows)
         except Exception as exc:
-            if len(events) == 1 or not _refused_for_content(exc):
+            if len(rows) == 1 or not _refused_for_content(exc):
                 raise
-        stored, refused = self._store_each(events)
+        stored, refused = self._store_each(rows)
         if not stored:  # nothing goes in: the database is failing, not the events
             raise refused[0][1]
-        for event, error in refused:
-            self.spill.quarantine([event], f"refused: {error}")
+        for row, error in refused:
+            self.spill.quarantine([row_event(row)], f"refused: {error}")
             logger.error(
                 "audit event %s refused by the database on replay (%s); set aside in %s",
-                event.event_id,
+                row[EVENT_ID],
                 error,
                 self.spill.quarantine_path,
             )
@@ -899,25 +781,25 @@ class PeeweeSink:
             self.stats.quarantined += len(refused)
         return stored
 
-    def _failed(self, events: Sequence[AuditEvent], exc: Exception, *, probe: bool = True) -> None:
+    def _failed(self, rows: Sequence[Row], exc: Exception, *, probe: bool = True) -> None:
         with self._stats_lock:
-            self.stats.failed += len(events)
+            self.stats.failed += len(rows)
         self._reset_connection()
-        ids = ", ".join(e.event_id for e in events[:3]) + (", ..." if len(events) > 3 else "")
+        ids = ", ".join(r[EVENT_ID] for r in rows[:3]) + (", ..." if len(rows) > 3 else "")
         if self.strict:
             raise AuditWriteError(
-                f"audit write failed for {len(events)} event(s) ({ids}): {exc}"
+                f"audit write failed for {len(rows)} event(s) ({ids}): {exc}"
             ) from exc
         if probe:  # the database is failing: spill without trying for a while
             self._retry_at = time.monotonic() + PROBE_INTERVAL
         logger.error(
             "audit write failed for %d event(s) (%s), spilling to %s: %s",
-            len(events),
+            len(rows),
             ids,
             self.spill.path,
             exc,
         )
-        self._spill(events)
+        self._spill(rows)
 
     def _reset_connection(self) -> None:
         """Drop this thread's connection after a failure, so the next write reconnects.
@@ -926,6 +808,7 @@ class PeeweeSink:
         thinks is open. Inside the caller's transaction the connection is the
         caller's business and stays.
         """
+        self._head = None
         db = self.database
         if db.in_transaction() or db.is_closed():
             return
@@ -936,31 +819,30 @@ class PeeweeSink:
         except Exception:  # a broken connection may fail to close: forget it
             db.dispose()
 
-    def _spill(self, events: Sequence[AuditEvent]) -> None:
+    def _spill(self, rows: Sequence[Row]) -> None:
         db = self.database
         if db.in_transaction():
             # Only a committed domain change deserves its audit event.
-            db.after_commit(functools.partial(self._spill_now, list(events)))
+            db.after_commit(functools.partial(self._spill_now, list(rows)))
             return
-        self._spill_now(events)
+        self._spill_now(rows)
 
-    def _spill_now(self, events: Sequence[AuditEvent]) -> None:
+    def _spill_now(self, rows: Sequence[Row]) -> None:
         try:
-            redactor = self._redactor or get_redactor()
-            self.spill.append([_Prepared(e, redactor).redacted_event() for e in events])
+            self.spill.append([row_event(row) for row in rows])
         except Exception:
             with self._stats_lock:
-                self.stats.lost += len(events)
+                self.stats.lost += len(rows)
             logger.critical(
                 "LOST %d audit event(s): neither the database nor the spill file %s took them",
-                len(events),
+                len(rows),
                 self.spill.path,
                 exc_info=True,
             )
             return
         self._spilled = True
         with self._stats_lock:
-            self.stats.spilled += len(events)
+            self.stats.spilled += len(rows)
 
     def _replay_if_spilled(self, *, force: bool = False) -> None:
         """Replay spilled events: on a background thread, or now when ``force`` (closing)."""

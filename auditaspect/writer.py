@@ -29,19 +29,20 @@ import time
 import weakref
 from collections.abc import Callable
 from types import FrameType
-
-from .events import AuditEvent
+from typing import Any, Generic, TypeVar
 
 __all__ = ["BatchWriter", "install_sigterm_handler"]
 
 logger = logging.getLogger("auditaspect")
 
+T = TypeVar("T")
+
 # How often a writer that is collecting a batch looks at the buffer again.
 _POLL = 0.005
-_live: weakref.WeakSet[BatchWriter] = weakref.WeakSet()
+_live: weakref.WeakSet[BatchWriter[Any]] = weakref.WeakSet()
 
 
-class _Buffer:
+class _Buffer(Generic[T]):
     """A bounded FIFO of events that the writer empties a batch at a time.
 
     ``queue.Queue`` wakes a waiting consumer on every put and costs a lock
@@ -54,7 +55,7 @@ class _Buffer:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._items: collections.deque[AuditEvent] = collections.deque()
+        self._items: collections.deque[T] = collections.deque()
         self._lock = threading.Lock()
         self._not_full = threading.Condition(self._lock)
         self._wake = threading.Condition(self._lock)
@@ -65,7 +66,7 @@ class _Buffer:
         self.urgent = False  # a flush or close is waiting: do not wait for a full batch
         self.closing = False
 
-    def put(self, item: AuditEvent) -> None:
+    def put(self, item: T) -> None:
         """Append ``item``; wait while the buffer is full. Never drops it."""
         with self._lock:
             while len(self._items) >= self.capacity:
@@ -84,7 +85,7 @@ class _Buffer:
             self._idle = False
             return bool(self._items) or not self.closing
 
-    def take(self, limit: int) -> list[AuditEvent]:
+    def take(self, limit: int) -> list[T]:
         """Remove and return up to ``limit`` items."""
         with self._lock:
             items = self._items
@@ -123,7 +124,7 @@ class _Buffer:
             self._wake.notify_all()
 
 
-class BatchWriter:
+class BatchWriter(Generic[T]):
     """A bounded buffer and one thread that delivers its events in batches.
 
     ``deliver(batch)`` must not raise; if it does, the error is logged and the
@@ -134,7 +135,7 @@ class BatchWriter:
 
     def __init__(
         self,
-        deliver: Callable[[list[AuditEvent]], None],
+        deliver: Callable[[list[T]], None],
         *,
         batch_size: int,
         flush_interval: float,
@@ -154,7 +155,7 @@ class BatchWriter:
         self.flush_interval = flush_interval
         self.queue_size = queue_size
         self._name = name
-        self._buffer = _Buffer(queue_size)
+        self._buffer: _Buffer[T] = _Buffer(queue_size)
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._closed = False
@@ -166,17 +167,20 @@ class BatchWriter:
         """Whether the writer has stopped (closed, or flushed at interpreter exit)."""
         return self._closed
 
-    def put(self, event: AuditEvent) -> None:
-        """Enqueue one event; wait while the buffer is full. Never drops it.
+    def put(self, item: T) -> None:
+        """Enqueue one item; wait while the buffer is full. Never drops it.
 
         Raises ``RuntimeError`` once the writer is closed: its owner must
-        then write the event itself.
+        then write the item itself.
         """
         if self._closed:
             raise RuntimeError("the audit writer is closed; connect the sink again")
-        if self._thread is None or self._pid != os.getpid():
+        # No getpid() here (a system call per event): every fork Python makes
+        # runs the at-fork hook below, which empties a child's writer and
+        # forgets its thread, so a child's first put starts its own.
+        if self._thread is None:
             self._start()
-        self._buffer.put(event)
+        self._buffer.put(item)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Block until every event enqueued before this call is delivered.
@@ -242,7 +246,7 @@ class BatchWriter:
                 self._deliver_safely(batch)
             buffer.mark_delivered(len(batch))
 
-    def _deliver_safely(self, batch: list[AuditEvent]) -> None:
+    def _deliver_safely(self, batch: list[T]) -> None:
         try:
             self._deliver(batch)
         except Exception:

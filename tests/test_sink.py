@@ -262,3 +262,78 @@ def test_buffered_sink_can_leave_sigterm_alone(db_url):
         set_config("a", "b")
         assert sink.flush(timeout=30)
         assert before == signal.getsignal(signal.SIGTERM)
+
+
+def _events_in_order(path: Path) -> list[tuple[int, str]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT id, actor FROM audit_log ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def test_two_sinks_on_one_file_take_turns_in_one_chain(tmp_path):
+    """Two sinks on one file, writing in turn: each finds the head moved by the
+    other, falls back to reading it under the lock, and the chain stays whole."""
+    from auditaspect import verify
+
+    path = tmp_path / "turns.db"
+    first = PeeweeSink(f"sqlite:///{path}").connect()
+    second = PeeweeSink(f"sqlite:///{path}").connect()
+    try:
+        for number in range(30):
+            for name, sink in (("first", first), ("second", second)):
+                sink.write(AuditEvent(event_type="x", actor=f"{name}-{number}"))
+        # Same sink twice in a row: its remembered head is right, one statement.
+        first.write(AuditEvent(event_type="x", actor="first-again"))
+        first.write(AuditEvent(event_type="x", actor="first-last"))
+    finally:
+        first.close()
+        second.close()
+    rows = _events_in_order(path)
+    assert list(range(1, 63)) == [row_id for row_id, _ in rows]
+    assert "second-29" == rows[59][1]
+    assert ["first-again", "first-last"] == [actor for _, actor in rows[60:]]
+    assert (True, 62) == (verify(f"sqlite:///{path}").ok, verify(f"sqlite:///{path}").rows_checked)
+    assert 62 == first.stats.written + second.stats.written
+
+
+def test_a_process_writing_between_two_writes_is_chained_after(tmp_path):
+    """Another process appends between two of this sink's writes: the second
+    write notices the head it remembered is gone and chains after the other's rows."""
+    import subprocess
+    import sys
+
+    from auditaspect import verify
+
+    path = tmp_path / "shared.db"
+    url = f"sqlite:///{path}"
+    with PeeweeSink(url) as sink:
+        sink.write(AuditEvent(event_type="x", actor="here-1"))
+        child = (
+            "import sys\nfrom auditaspect import AuditEvent, PeeweeSink\n"
+            "with PeeweeSink(sys.argv[1]) as s:\n"
+            "    for i in range(5): s.write(AuditEvent(event_type='x', actor=f'there-{i}'))\n"
+        )
+        subprocess.run([sys.executable, "-c", child, url], check=True, timeout=60)
+        sink.write(AuditEvent(event_type="x", actor="here-2"))
+        assert 0 == sink.stats.spilled
+    actors = [actor for _, actor in _events_in_order(path)]
+    assert ["here-1", *[f"there-{i}" for i in range(5)], "here-2"] == actors
+    assert verify(url).ok
+
+
+def test_append_after_a_stale_head_writes_nothing(tmp_path):
+    """The one-statement append inserts only after the head it names."""
+    from auditaspect.rows import CompiledInsert, prepare_row
+
+    path = tmp_path / "stale.db"
+    with PeeweeSink(f"sqlite:///{path}") as sink:
+        sink.write(AuditEvent(event_type="x"))
+        insert = CompiledInsert(sink.database)
+        row = prepare_row(AuditEvent(event_type="x"), Redactor())
+        params = [insert.params(row, 2, "0" * 64, "1" * 64, "sha256")]
+        cursor = sink.database.cursor()
+        assert insert.append_after(cursor, params, "not-the-head") is False
+        assert insert.append_after(cursor, params, None) is False  # not empty either
+        assert 1 == len(_events_in_order(path))
