@@ -31,6 +31,7 @@ from .events import (
     dumps_details,
     event_type_value,
     fit_column,
+    trusted_event,
 )
 from .redaction import TRUNCATED_KEY, Redactor, get_redactor
 from .signals import audit_event, has_receivers, send, signal_for
@@ -108,29 +109,30 @@ def build_event(
     The keys ``actor``, ``plan_id``, ``ip`` and ``correlation_id`` in
     ``details`` fill those columns, over what :func:`audit_context` set.
     """
+    if outcome is not SUCCESS and outcome != FAILURE:
+        raise ValueError(f"outcome must be 'success' or 'failure', not {outcome!r}")
     ctx = current_context()
     redactor = get_redactor()
     clean = redactor.redact(details)
     text = redactor.redact_text
     actor, plan_id, ip, correlation_id = _columns(details, clean, redactor)
-    event = AuditEvent(
-        event_type=event_type
-        if len(event_type) <= _ALWAYS_FITS
-        else _fitted(event_type, "event_type"),
-        outcome=outcome,
-        actor=actor or (ctx.actor and _context_value(ctx.actor, "actor", text)),
-        plan_id=plan_id,
-        ip=ip or (ctx.ip and _context_value(ctx.ip, "ip", text)),
-        correlation_id=correlation_id
+    # Every value is checked, redacted and fitted here: no need for the
+    # converters and validators of AuditEvent.__init__ on this hot path.
+    return trusted_event(
+        fit_column(event_type, COLUMN_LIMITS["event_type"]),
+        outcome,
+        actor or (ctx.actor and _context_value(ctx.actor, "actor", text)),
+        plan_id,
+        ip or (ctx.ip and _context_value(ctx.ip, "ip", text)),
+        correlation_id
         or (ctx.correlation_id and _context_value(ctx.correlation_id, "correlation_id", text)),
-        target=_context_value(target, "target", text) or "",
-        details=clean,
-        error=None if error is None else _fitted(describe_error(error), "error"),
+        _context_value(target, "target", text) or "",
+        clean,
+        None if error is None else _fitted(describe_error(error), "error"),
+        redactor,
+        # Serialised now: receivers get the dict, the sink stores this text.
+        dumps_details(clean),
     )
-    object.__setattr__(event, "_redacted_by", redactor)
-    # Serialised now: receivers get the dict, the sink stores this text.
-    object.__setattr__(event, "_details_json", dumps_details(clean))
-    return event
 
 
 def emit(event_type: str, /, **details: Any) -> AuditEvent:

@@ -212,3 +212,44 @@ class Call:
     instance: Any = None
     result: Any = None
     error: BaseException | None = None
+
+
+_new_object = object.__new__
+_set = object.__setattr__
+
+
+def trusted_event(
+    event_type: str,
+    outcome: Outcome,
+    actor: str | None,
+    plan_id: str | None,
+    ip: str | None,
+    correlation_id: str | None,
+    target: str,
+    details: Mapping[str, Any],
+    error: str | None,
+    redacted_by: object,
+    details_json: str,
+) -> AuditEvent:
+    """An event from values the pipeline has already checked, without ``__init__``.
+
+    For :func:`auditaspect.decorator.build_event` only: ``event_type`` is a
+    plain string, ``outcome`` one of the two outcomes, every text redacted and
+    fitted. It gets a new id and the current UTC time, as ``__init__`` would.
+    Saves the converters and validators on every audited call.
+    """
+    event: AuditEvent = _new_object(AuditEvent)
+    _set(event, "event_type", event_type)
+    _set(event, "event_id", _new_event_id())
+    _set(event, "timestamp", datetime.now(timezone.utc))
+    _set(event, "outcome", outcome)
+    _set(event, "actor", actor)
+    _set(event, "plan_id", plan_id)
+    _set(event, "ip", ip)
+    _set(event, "correlation_id", correlation_id)
+    _set(event, "target", target)
+    _set(event, "details", details)
+    _set(event, "error", error)
+    _set(event, "_redacted_by", redacted_by)
+    _set(event, "_details_json", details_json)
+    return event

@@ -368,8 +368,11 @@ class _Walk:
                 secret = self.is_secret_key(name)
             if secret and not isinstance(item, TokenPrefix):
                 out[name] = mask
-            elif type(item) is str and item in clean:
+            elif (kind := type(item)) is str and item in clean:
                 size += len(item) + 2
+                out[name] = item
+            elif (kind is int and -_INT64 <= item < _INT64) or kind is bool or item is None:
+                size += 8  # as value() counts them
                 out[name] = item
             else:
                 out[name] = walk(item, depth)

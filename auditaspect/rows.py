@@ -10,8 +10,8 @@ collector nothing, and the event with its dicts dies with the audited call.
 :class:`CompiledInsert` turns rows into the parameters of INSERT statements
 that peewee compiled once from :class:`~auditaspect.model.AuditRecord` (the
 single definition of the table). On SQLite it also offers the write path's
-one-statement append (:meth:`CompiledInsert.append_after`): the rows go in
-only if the log's head is still the one they were chained to.
+one-statement append (:meth:`CompiledInsert.append_next`): the rows go in
+only if the row they were numbered after is still the log's last.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from __future__ import annotations
 import functools
 import json
 import operator
+import re
+import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -167,8 +169,7 @@ class CompiledInsert:
             else functools.partial(_rewrap, type(details_param))
         )
         self._details_at = order.index("details")
-        # The one-statement append: INSERT ... SELECT * FROM (VALUES ...)
-        # WHERE the head is the expected one (SQLite only).
+        # The one-statement append of any number of rows (SQLite only).
         head, _, values = sql.partition(" VALUES ")
         self._append_head = head
         self._append_row = values
@@ -209,35 +210,41 @@ class CompiledInsert:
                 cursor.execute(self.sql(size), [v for row in chunk for v in row])
                 start += size
 
-    # The most rows one compare-and-append statement carries (15 parameters
-    # each, well under SQLite's 32,766).
-    APPEND_LIMIT = 500
+    # The most rows one append statement carries (15 parameters each, well
+    # under SQLite's 32,766).
+    APPEND_LIMIT = 2000
 
-    def append_after(
-        self, cursor: Any, params: Sequence[tuple[Any, ...]], head: str | None
-    ) -> bool:
-        """SQLite: insert the rows in one statement if the log's last hash is
-        ``head`` (``None``: the log is empty); return whether they went in.
+    def append_next(self, cursor: Any, params: Sequence[tuple[Any, ...]]) -> bool:
+        """SQLite: insert the rows, numbered on from a head read earlier, in one
+        statement; ``False`` (nothing written) if that head is no longer the
+        last row.
 
-        One statement is one implicit transaction: no other writer can come
-        between the head check and the rows, and the driver gives up the GIL
-        once per batch, not once per BEGIN, SELECT, INSERT and COMMIT. At most
-        :attr:`APPEND_LIMIT` rows.
+        One statement is one implicit transaction, and the driver gives up the
+        GIL once per batch rather than around each of BEGIN, SELECT, INSERT
+        and COMMIT. The compare is the table's own: ids are the primary key and
+        the append trigger takes only the next one, so rows numbered after a
+        stale head are refused whole (an ``INSERT ... SELECT`` that re-reads
+        the head costs SQLite a temporary copy of every row). A link names its
+        id, so the rows chain onto exactly the row they were numbered after.
+        At most :attr:`APPEND_LIMIT` rows.
         """
         count = len(params)
         sql = self._append_sql.get(count)
         if sql is None:
-            rows = ", ".join([self._append_row] * count)
-            sql = (
-                f"{self._append_head} SELECT * FROM (VALUES {rows}) WHERE "
-                f"(SELECT hash FROM {TABLE_NAME} ORDER BY id DESC LIMIT 1) IS ?"
-            )
+            sql = f"{self._append_head} VALUES {', '.join([self._append_row] * count)}"
             if len(self._append_sql) < 64:  # batch sizes vary: keep the common ones
                 self._append_sql[count] = sql
-        values = [v for row in params for v in row]
-        values.append(head)
-        cursor.execute(sql, values)
-        return bool(cursor.rowcount == count)
+        try:
+            cursor.execute(sql, [v for row in params for v in row])
+        except sqlite3.IntegrityError as exc:
+            if _STALE_HEAD.search(str(exc)) is None:
+                raise
+            return False
+        return True
+
+
+# Refusals that mean "not the next id": the append trigger's, or the primary key's.
+_STALE_HEAD = re.compile(rf"must take the next id|UNIQUE constraint failed: {TABLE_NAME}\.id\b")
 
 
 def _identity(text: str) -> str:

@@ -639,11 +639,7 @@ class PeeweeSink:
                 if fd is None or self._generation or os.fstat(fd).st_nlink == 0:
                     self._check_file(db)
             try:
-                if (
-                    self._postgres
-                    or db.in_transaction()
-                    or not self._append_after(db, insert, rows)
-                ):
+                if self._postgres or db.in_transaction() or not self._append_next(db, insert, rows):
                     self._append(db, insert, rows)
             finally:
                 if give_back and not db.in_transaction() and not db.is_closed():
@@ -661,7 +657,7 @@ class PeeweeSink:
             prev = current
         return params, last, prev
 
-    def _append_after(
+    def _append_next(
         self, db: peewee.Database, insert: CompiledInsert, rows: Sequence[Row]
     ) -> bool:
         """SQLite, outside a transaction: append in one statement after the head
@@ -670,12 +666,10 @@ class PeeweeSink:
         head = self._head
         if head is None or len(rows) > insert.APPEND_LIMIT:
             return False
-        last, prev = head
-        params, new_last, new_prev = self._chain(insert, rows, last, prev)
-        cursor = db.cursor()  # type: ignore[no-untyped-call]
-        if not insert.append_after(cursor, params, prev if last else None):
+        params, last, prev = self._chain(insert, rows, *head)
+        if not insert.append_next(db.cursor(), params):  # type: ignore[no-untyped-call]
             return False
-        self._head = (new_last, new_prev)
+        self._head = (last, prev)
         return True
 
     def _append(self, db: peewee.Database, insert: CompiledInsert, rows: Sequence[Row]) -> None:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import peewee
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from auditaspect import AuditEvent, Checkpoint, PeeweeSink, checkpoint, emit, verify
 from auditaspect.integrity import GENESIS, link, resolve_key, row_payload, row_prefix
@@ -272,3 +274,31 @@ def test_link_row_is_link_over_the_prefixed_payload():
         assert link("p" * 64, row_prefix(7, "sha256") + b"body", secret) == link_row(
             "p" * 64, 7, "sha256", b"body", secret
         )
+
+
+_FIELD = st.one_of(st.none(), st.text(), st.text(alphabet=st.characters(max_codepoint=0x3F)))
+
+
+@given(st.lists(_FIELD, min_size=10, max_size=10), st.text())
+def test_canonical_joins_exactly_what_the_json_encoder_makes(fields, details):
+    """The hashed bytes of a row equal the stdlib encoder's, for any text and None."""
+    from auditaspect.integrity import canonical
+
+    encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+    assert (
+        f"{encoder.encode(fields)}\n{details}".encode("utf-8", "surrogatepass")
+        == canonical(fields, details)
+        if not any(_has_surrogate(f) for f in [*fields, details])
+        else True
+    )
+
+
+def _has_surrogate(text: str | None) -> bool:
+    return text is not None and any("\ud800" <= c <= "\udfff" for c in text)
+
+
+def test_canonical_of_fields_that_are_not_text_uses_the_encoder():
+    """A field that is not text (a legacy row's number) is encoded as the encoder does."""
+    from auditaspect.integrity import canonical
+
+    assert b'["a",7,null,true]\n{}' == canonical(["a", 7, None, True], "{}")

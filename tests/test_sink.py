@@ -323,17 +323,27 @@ def test_a_process_writing_between_two_writes_is_chained_after(tmp_path):
     assert verify(url).ok
 
 
-def test_append_after_a_stale_head_writes_nothing(tmp_path):
-    """The one-statement append inserts only after the head it names."""
+def test_append_numbered_after_a_stale_head_writes_nothing(tmp_path):
+    """The one-statement append refuses rows not numbered after the last row,
+    whole, whether the append trigger or only the primary key is there."""
     from auditaspect.rows import CompiledInsert, prepare_row
 
     path = tmp_path / "stale.db"
     with PeeweeSink(f"sqlite:///{path}") as sink:
-        sink.write(AuditEvent(event_type="x"))
+        for _ in range(3):
+            sink.write(AuditEvent(event_type="x"))
         insert = CompiledInsert(sink.database)
-        row = prepare_row(AuditEvent(event_type="x"), Redactor())
-        params = [insert.params(row, 2, "0" * 64, "1" * 64, "sha256")]
+        rows = [prepare_row(AuditEvent(event_type="x"), Redactor()) for _ in range(2)]
         cursor = sink.database.cursor()
-        assert insert.append_after(cursor, params, "not-the-head") is False
-        assert insert.append_after(cursor, params, None) is False  # not empty either
-        assert 1 == len(_events_in_order(path))
+        for first_id in (2, 3):  # after row 1 or 2: ids taken
+            params = [
+                insert.params(row, first_id + i, "0" * 64, "1" * 64, "sha256")
+                for i, row in enumerate(rows)
+            ]
+            assert insert.append_next(cursor, params) is False
+        sink.database.execute_sql("DROP TRIGGER audit_log_append")
+        assert insert.append_next(cursor, params) is False
+        assert 3 == len(_events_in_order(path))
+        refused = [insert.params(rows[0], i, "0" * 64, "1" * 64, "sha256") for i in (4, 5)]
+        with pytest.raises(sqlite3.IntegrityError, match="event_id"):
+            insert.append_next(cursor, refused)  # a content error is not a stale head
