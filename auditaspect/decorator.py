@@ -113,7 +113,7 @@ def build_event(
         raise ValueError(f"outcome must be 'success' or 'failure', not {outcome!r}")
     ctx = current_context()
     redactor = get_redactor()
-    clean = redactor.redact(details)
+    clean, float_free = redactor.redact_checked(details)
     text = redactor.redact_text
     actor, plan_id, ip, correlation_id = _columns(details, clean, redactor)
     # Every value is checked, redacted and fitted here: no need for the
@@ -131,7 +131,7 @@ def build_event(
         None if error is None else _fitted(describe_error(error), "error"),
         redactor,
         # Serialised now: receivers get the dict, the sink stores this text.
-        dumps_details(clean),
+        dumps_details(clean, float_free=float_free),
     )
 
 

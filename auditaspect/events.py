@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -63,11 +63,33 @@ _DETAILS_ENCODER = json.JSONEncoder(
 )
 
 
-def dumps_details(details: Any) -> str:
+try:  # auditaspect[fast]
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - the suite installs it; see test_events.py
+    _orjson = None  # type: ignore[assignment]
+
+# None without orjson (tests set it to None to run the standard library's path).
+fast_dumps: Callable[..., bytes] | None = None if _orjson is None else _orjson.dumps
+_SORTED = 0 if _orjson is None else _orjson.OPT_SORT_KEYS
+
+
+def dumps_details(details: Any, *, float_free: bool = False) -> str:
     """Serialise details canonically: sorted keys, compact, UTF-8, no NaN.
 
-    The same text is stored (on SQLite) and hashed into the chain.
+    The same text is stored (on SQLite) and hashed into the chain, so it must
+    never change for the same details. ``float_free=True`` says the details
+    are the redaction walk's output without a float: then orjson (installed
+    with ``auditaspect[fast]``) writes them, byte for byte what the standard
+    library writes for such values (strings, 64-bit integers, booleans,
+    ``None``, lists, dicts with text keys; tests/test_events.py), only
+    faster. Floats always take the standard library, whose shortest-repr
+    spelling (``1e-05``) orjson does not share; anything orjson refuses too.
     """
+    if float_free and fast_dumps is not None:
+        try:
+            return fast_dumps(details, option=_SORTED).decode()
+        except TypeError:  # orjson.JSONEncodeError: not for orjson, the encoder decides
+            pass
     return _DETAILS_ENCODER.encode(details)
 
 

@@ -287,13 +287,20 @@ class Redactor:
         ``_truncated: True``, ``original_bytes`` (at least the serialised size)
         and a cut ``preview``.
         """
+        return self.redact_checked(details)[0]
+
+    def redact_checked(self, details: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+        """:meth:`redact`, and whether the result holds no float (the walk sees
+        every value: see :func:`~auditaspect.events.dumps_details`)."""
         walker = _Walk(self)
         redacted = walker.mapping(details, 0)
         # The walk's size estimate counts characters, not escaped JSON bytes;
         # only details that might be near the cap pay for an exact check.
         if walker.size * 6 > self.max_details_bytes:
-            return self._cap(redacted, walker.size)
-        return redacted
+            capped = self._cap(redacted, walker.size)
+            if capped is not redacted:  # the truncation marker: text and integers only
+                return capped, True
+        return redacted, not walker.floats
 
     def _cap(self, redacted: dict[str, Any], estimate: int) -> dict[str, Any]:
         limit = self.max_details_bytes
@@ -319,6 +326,7 @@ class _Walk:
     __slots__ = (
         "active",
         "clean",
+        "floats",
         "is_secret_key",
         "key_cache",
         "longest",
@@ -339,6 +347,7 @@ class _Walk:
         self.mask = redactor.mask
         self.active: set[int] = set()
         self.size = 0
+        self.floats = False
 
     def mapping(self, value: Mapping[Any, Any], depth: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -406,6 +415,7 @@ class _Walk:
             return value if -_INT64 <= value < _INT64 else _int_text(value)
         if kind is float:
             self.size += 24
+            self.floats = True
             if not math.isfinite(value):
                 return repr(value)  # NaN is not JSON
             return 0.0 if value == 0 else value  # -0.0 does not survive JSONB

@@ -69,7 +69,8 @@ def prepare_row(event: AuditEvent, redactor: Redactor) -> Row:
         scalars = tuple(v if i < 4 or v is None else text(v) for i, v in enumerate(scalars))
         # The pipeline fitted its events' columns already.
         scalars = _fit(scalars)
-        details = dumps_details(redactor.redact(event.details))
+        clean, float_free = redactor.redact_checked(event.details)
+        details = dumps_details(clean, float_free=float_free)
     return (*scalars, details, canonical(scalars, canonical_details(details)))
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 
 import attrs
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from auditaspect import AuditEvent, Call, EventType
 from auditaspect.events import event_type_value
@@ -95,3 +98,58 @@ def test_call_defaults():
     assert call.result is None
     assert call.error is None
     assert call.instance is None
+
+
+_JSON_LEAVES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(),
+)
+_DETAILS = st.dictionaries(
+    st.text(),
+    st.recursive(
+        _JSON_LEAVES,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+        max_leaves=20,
+    ),
+    max_size=6,
+)
+
+
+@given(_DETAILS)
+def test_fast_details_text_is_the_standard_librarys(details):
+    """Details the redaction walk calls float-free serialise to the very same text
+    with orjson as with the standard library (the chain hashes that text)."""
+    from auditaspect import Redactor, events
+
+    clean, float_free = Redactor().redact_checked(details)
+    standard = json.JSONEncoder(
+        ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False
+    ).encode(clean)
+    assert standard == events.dumps_details(clean, float_free=float_free)
+    if float_free:
+        assert events.fast_dumps is not None  # the suite installs auditaspect[fast]
+        assert standard == events.fast_dumps(clean, option=events._SORTED).decode()
+
+
+def test_details_with_floats_keep_the_standard_spelling(monkeypatch):
+    """A float anywhere makes the walk say so: Python's spelling, which orjson does not share."""
+    from auditaspect import Redactor, events
+
+    clean, float_free = Redactor().redact_checked({"a": [{"b": 1e-05}], "c": 2})
+    assert float_free is False
+    assert '{"a":[{"b":1e-05}],"c":2}' == events.dumps_details(clean, float_free=float_free)
+    monkeypatch.setattr(events, "fast_dumps", None)  # without auditaspect[fast]
+    assert '{"c":"é"}' == events.dumps_details({"c": "é"}, float_free=True)
+
+
+def test_what_orjson_refuses_goes_to_the_standard_library():
+    """A value orjson cannot write is written by the standard library instead."""
+    from auditaspect import events
+
+    deep: list[object] = []
+    for _ in range(300):  # deeper than orjson's recursion limit
+        deep = [deep]
+    assert json.dumps(deep, separators=(",", ":")) == events.dumps_details(deep, float_free=True)
