@@ -14,6 +14,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import tempfile
 import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
@@ -45,7 +46,9 @@ def running(
     Stopped with SIGTERM (its whole process group), SIGKILL after 30 s. A
     server that dies or never gets ready fails the test with its log.
     """
-    log = cwd / f"server-{time.monotonic_ns()}.log"
+    # The log goes to the temporary directory, never into cwd (which may be
+    # the checkout's examples/).
+    log = Path(tempfile.gettempdir()) / f"auditaspect-server-{time.monotonic_ns()}.log"
     with open(log, "wb") as output:
         server = subprocess.Popen(
             list(command),
