@@ -73,6 +73,7 @@ from .rows import EVENT_ID, PAYLOAD, CompiledInsert, Row, prepare_row, row_event
 from .signals import audit_event, signal_for
 from .spill import SpillFile
 from .writer import BatchWriter, install_sigterm_handler
+from .writer_process import WriterProcess, WriterProcessError
 
 __all__ = ["PeeweeSink", "SinkStats"]
 
@@ -80,6 +81,7 @@ logger = logging.getLogger("auditaspect")
 
 Mode = Literal["sync", "buffered"]
 _MODES = ("sync", "buffered")
+Writer = Literal["thread", "process"]
 _HEAD_SQL = f"SELECT id, hash, key_id FROM {TABLE_NAME} ORDER BY id DESC LIMIT 1"
 # One advisory lock id for audit_log appends on PostgreSQL (stable across hosts).
 ADVISORY_LOCK_ID = zlib.crc32(b"auditaspect:audit_log")
@@ -132,6 +134,10 @@ class PeeweeSink:
 
     Buffered mode: ``batch_size`` events or ``flush_interval`` seconds make a
     batch; ``queue_size`` bounds the queue (callers wait when it is full).
+    ``writer="process"`` has a child process write the batches, on its own
+    core and outside the application's GIL (:mod:`auditaspect.writer_process`:
+    one process per sink, started on the first batch); the database must then
+    be a URL or a SQLite file, which the child opens itself.
 
     The chain key: every row records which key chained it (``key_id``, a
     fingerprint, never the key). :meth:`connect` raises
@@ -163,6 +169,7 @@ class PeeweeSink:
         flush_interval: float = 0.05,
         queue_size: int = 10_000,
         handle_sigterm: bool = True,
+        writer: Writer = "thread",
         rotate_chain_key: bool = False,
         signing_key: Any = None,
         checkpoint_path: str | os.PathLike[str] | None = None,
@@ -174,6 +181,10 @@ class PeeweeSink:
             raise ValueError(f"mode must be 'sync' or 'buffered', not {mode!r}")
         if strict and mode != "sync":
             raise ValueError("strict=True needs mode='sync': a buffered write fails after the call")
+        if writer not in ("thread", "process"):
+            raise ValueError(f"writer must be 'thread' or 'process', not {writer!r}")
+        if writer == "process" and mode != "buffered":
+            raise ValueError("writer='process' needs mode='buffered': sync writes stay in-process")
         if redactor is not None and not isinstance(redactor, Redactor):
             raise TypeError(f"redactor must be a Redactor, not {type(redactor).__name__}")
         if isinstance(event_types, str):
@@ -207,6 +218,16 @@ class PeeweeSink:
             "queue_size": queue_size,
         }
         self._handle_sigterm = handle_sigterm
+        self._process: WriterProcess | None = None
+        if writer == "process":
+            self._process = WriterProcess(
+                {
+                    "database": _child_url(database, self.database),
+                    "chain_key": self._key,
+                    "rotate_chain_key": rotate_chain_key,
+                    "spill_path": self.spill.path,
+                }
+            )
         self._postgres = isinstance(self.database, peewee.PostgresqlDatabase)
         self._pooled = hasattr(self.database, "close_all")
         self._connected = False
@@ -274,8 +295,8 @@ class PeeweeSink:
             AuditRecord.bind(self.database, bind_refs=False, bind_backrefs=False)
             if self.mode == "buffered":
                 self._writer = BatchWriter(
-                    self._deliver,
-                    on_stop=self._close_thread_connection,
+                    self._deliver if self._process is None else self._deliver_by_process,
+                    on_stop=self._writer_stopped,
                     **self._writer_options,  # type: ignore[arg-type]
                 )
                 if self._handle_sigterm:
@@ -305,6 +326,9 @@ class PeeweeSink:
             writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()
+        if self._process is not None:
+            self._settle_process()
+            self._process.close()
         self._replay_if_spilled(force=True)
         if self._checkpoints is not None:
             self._checkpoints.close()
@@ -325,6 +349,7 @@ class PeeweeSink:
         writer = self._writer
         if writer is not None and not writer.flush(timeout):
             return False
+        self._settle_process()  # the writer process's answers, if there is one
         replayer = self._replayer
         if replayer is not None:
             replayer.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
@@ -468,6 +493,11 @@ class PeeweeSink:
         )
         self._reset_connection()
 
+    def _writer_stopped(self) -> None:
+        # On the writer thread, as it stops (close, or interpreter exit).
+        self._settle_process()
+        self._close_thread_connection()
+
     def _close_thread_connection(self) -> None:
         # peewee keeps one connection per thread: the writer closes its own.
         if not self.database.is_closed():
@@ -492,6 +522,8 @@ class PeeweeSink:
         self._lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self._replayer = None
+        if self._process is not None:
+            self._process.after_fork_in_child()
         self.spill.after_fork()
         if self._checkpoints is not None:
             self._checkpoints.after_fork()
@@ -584,6 +616,40 @@ class PeeweeSink:
             self._retry_at = 0.0
             logger.info("audit database writable again")
         self._replay_if_spilled()
+
+    def _deliver_by_process(self, rows: list[Row]) -> None:
+        """Send a batch to the writer process; spill here what it failed to answer for."""
+        process, writer = self._process, self._writer
+        assert process is not None
+        if time.monotonic() < self._retry_at:
+            self._spill(rows)  # the process failed a moment ago: spill for a while
+            return
+        try:
+            counts = process.deliver(rows, more=writer is not None and writer.pending())
+        except WriterProcessError as exc:
+            self._failed(exc.rows, exc)
+            return
+        self._count(counts)
+        if self._retry_at:
+            self._retry_at = 0.0
+            logger.info("audit writer process writing again")
+
+    def _settle_process(self) -> None:
+        """Wait for the writer process's last answers (flush, close, the writer's stop)."""
+        process = self._process
+        if process is None:
+            return
+        try:
+            self._count(process.settle())
+        except WriterProcessError as exc:
+            self._failed(exc.rows, exc)
+
+    def _count(self, counts: dict[str, int]) -> None:
+        with self._stats_lock:
+            for name, count in counts.items():
+                setattr(self.stats, name, getattr(self.stats, name) + count)
+        if self._checkpoints is not None and counts["written"]:
+            self._checkpoints.note(counts["written"])
 
     def _isolate(self, rows: list[Row]) -> bool:
         """After a batch failed: write its rows one by one, spilling only those that fail.
@@ -910,6 +976,23 @@ def _lock_append(cursor: Any, *, joined: bool) -> None:
     )
     if previous is not None:
         cursor.execute("SELECT set_config('lock_timeout', %s, true)", (previous,))
+
+
+def _child_url(given: peewee.Database | str | None, database: peewee.Database) -> str:
+    """The URL a writer process opens: the one given, else the SQLite file's.
+
+    A SQLite path is made absolute (the child's working directory is the
+    parent's, but a relative path read later would not be).
+    """
+    path = _sqlite_file(database)
+    if path is not None:
+        return f"sqlite:///{path}"
+    if isinstance(given, str):
+        return given
+    raise ValueError(
+        "writer='process' needs the database as a URL (the child opens its own "
+        "connection); pass e.g. 'postgresql://user@host/db' instead of a Database object"
+    )
 
 
 def _sqlite_file(database: peewee.Database) -> str | None:

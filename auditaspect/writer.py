@@ -182,6 +182,10 @@ class BatchWriter(Generic[T]):
             self._start()
         self._buffer.put(item)
 
+    def pending(self) -> bool:
+        """Whether items are waiting for a batch (a hint: no lock is taken)."""
+        return bool(self._buffer._items)
+
     def flush(self, timeout: float | None = None) -> bool:
         """Block until every event enqueued before this call is delivered.
 
