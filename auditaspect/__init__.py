@@ -14,7 +14,7 @@ from .checkpoints import Checkpoint, checkpoint
 from .context import AuditContext, audit_context, current_context
 from .decorator import audited, emit
 from .errors import AppendOnlyError, AuditError, AuditWriteError
-from .events import AuditEvent, Call, EventType
+from .events import AuditEvent, Call, EventType, use_ordered_ids
 from .instrument import instrument, instrument_from_toml, uninstrument
 from .logship import LogShipper, ship_to_logging
 from .model import AuditRecord
@@ -60,5 +60,6 @@ __all__ = [
     "signals",
     "token_prefix",
     "uninstrument",
+    "use_ordered_ids",
     "verify",
 ]

@@ -132,8 +132,9 @@ class PeeweeSink:
     ``strict=True`` (sync mode only) the audited call gets
     :class:`~auditaspect.AuditWriteError` instead and nothing is spilled.
 
-    Buffered mode: ``batch_size`` events or ``flush_interval`` seconds make a
-    batch; ``queue_size`` bounds the queue (callers wait when it is full).
+    Buffered mode: ``batch_size`` events (default 500; 2,000 with a writer
+    process) or ``flush_interval`` seconds make a batch; ``queue_size`` bounds
+    the queue (callers wait when it is full).
     ``writer="process"`` has a child process write the batches, on its own
     core and outside the application's GIL (:mod:`auditaspect.writer_process`:
     one process per sink, started on the first batch); the database must then
@@ -165,7 +166,7 @@ class PeeweeSink:
         strict: bool = False,
         chain_key: str | bytes | None = None,
         spill_path: str | os.PathLike[str] | None = None,
-        batch_size: int = 500,
+        batch_size: int | None = None,
         flush_interval: float = 0.05,
         queue_size: int = 10_000,
         handle_sigterm: bool = True,
@@ -213,7 +214,11 @@ class PeeweeSink:
         self._head: tuple[int, str] | None = None
         self._writer: BatchWriter[Row] | None = None
         self._writer_options = {
-            "batch_size": batch_size,
+            # A writer process gets bigger batches: each costs the parent's
+            # writer thread a GIL hand-over or two, whatever its size.
+            "batch_size": (2000 if writer == "process" else 500)
+            if batch_size is None
+            else batch_size,
             "flush_interval": flush_interval,
             "queue_size": queue_size,
         }

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import logging
 import os
 import pickle
@@ -86,6 +87,20 @@ def _write_message(fd: int, message: Any) -> None:
     view = memoryview(_HEADER.pack(len(data)) + data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def _widen_pipe(fd: int) -> None:
+    """Let a whole batch fit in the pipe (Linux): a write that blocks gives up the
+    GIL, and winning it back from busy callers takes up to 5 ms."""
+    setter = getattr(fcntl, "F_SETPIPE_SZ", 1031 if sys.platform == "linux" else None)
+    if setter is None:  # pragma: no cover - not Linux
+        return
+    for size in (4 << 20, 1 << 20):  # the most an unprivileged process may ask is 1 MiB by default
+        try:
+            fcntl.fcntl(fd, setter, size)
+            return
+        except OSError:
+            continue
 
 
 def _read_exact(fd: int, size: int) -> bytes | None:
@@ -233,6 +248,7 @@ class WriterProcess:
                 start_new_session=True,
             )
             assert child.stdin is not None
+            _widen_pipe(child.stdin.fileno())
             _write_message(child.stdin.fileno(), self._config)
         except OSError as exc:
             rows = [row for batch in self._unanswered for row in batch]

@@ -153,3 +153,26 @@ def test_what_orjson_refuses_goes_to_the_standard_library():
     for _ in range(300):  # deeper than orjson's recursion limit
         deep = [deep]
     assert json.dumps(deep, separators=(",", ":")) == events.dumps_details(deep, float_free=True)
+
+
+def test_ordered_ids_sort_by_time_and_stay_unique():
+    """use_ordered_ids(): 32 hex digits, the milliseconds first; random again when turned off."""
+    import string
+    import time
+
+    from auditaspect import emit, use_ordered_ids
+
+    use_ordered_ids()
+    try:
+        first = [AuditEvent(event_type="x").event_id for _ in range(1000)]
+        time.sleep(0.003)
+        later = emit("x").event_id  # the pipeline's events too
+    finally:
+        use_ordered_ids(False)
+    assert all(len(i) == 32 and set(i) <= set(string.hexdigits.lower()) for i in first)
+    assert len(set(first)) == 1000
+    assert later > max(first)
+    now_ms = time.time_ns() // 1_000_000
+    assert abs(int(later[:12], 16) - now_ms) < 10_000
+    random_ids = [AuditEvent(event_type="x").event_id for _ in range(50)]
+    assert len({i[:12] for i in random_ids}) > 1  # not one millisecond prefix: random
