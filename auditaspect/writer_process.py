@@ -29,8 +29,9 @@ Promises, and how they are kept:
   process (closing its copies of the pipes, so the writer process still sees
   its parent leave) and starts its own on its first batch.
 
-Costs: one process per sink and application process (about 20 MB), started
-on the first batch (about 0.4 s; the first ``flush()`` waits for it).
+Costs: one process per sink and application process (about 43 MB resident),
+started on the first batch (the first ``flush()`` waits for it: 0.23 to 0.29 s
+measured).
 """
 
 from __future__ import annotations
