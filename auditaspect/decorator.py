@@ -109,7 +109,7 @@ def build_event(
     The keys ``actor``, ``plan_id``, ``ip`` and ``correlation_id`` in
     ``details`` fill those columns, over what :func:`audit_context` set.
     """
-    if outcome is not SUCCESS and outcome != FAILURE:
+    if outcome not in (SUCCESS, FAILURE):
         raise ValueError(f"outcome must be 'success' or 'failure', not {outcome!r}")
     ctx = current_context()
     redactor = get_redactor()

@@ -20,7 +20,6 @@ import functools
 import json
 import operator
 import re
-import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -237,8 +236,10 @@ class CompiledInsert:
                 self._append_sql[count] = sql
         try:
             cursor.execute(sql, [v for row in params for v in row])
-        except sqlite3.IntegrityError as exc:
-            if _STALE_HEAD.search(str(exc)) is None:
+        except Exception as exc:
+            # By name: sqlite3's class, or that of another SQLite driver.
+            stale = any(c.__name__ == "IntegrityError" for c in type(exc).__mro__)
+            if not stale or _STALE_HEAD.search(str(exc)) is None:
                 raise
             return False
         return True

@@ -454,6 +454,7 @@ class PeeweeSink:
                     self._close_thread_connection()
 
     def _create_schema(self) -> None:
+        self._head = None  # a new or replaced file: read its head under the lock
         if create_schema(self.database) == 1:
             self._chain_old_rows()
         self._watch_file()

@@ -237,6 +237,11 @@ class WriterProcess:
         if child is not None and self._pid == os.getpid():
             if len(self._unanswered) > 1:  # it died with a batch not answered for
                 self._failed(child, f"the audit writer process exited with status {child.poll()}")
+            logger.warning(
+                "audit writer process %d exited with status %s; starting another",
+                child.pid,
+                child.poll(),
+            )
             self._discard(child)
         try:
             child = subprocess.Popen(

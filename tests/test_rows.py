@@ -65,3 +65,13 @@ def test_pipeline_events_are_whole_events():
     assert "alice" == event.actor
     assert event.timestamp.tzinfo is timezone.utc
     assert "config_changed" in repr(event)
+
+
+def test_pipeline_checks_the_outcome_by_value():
+    """An outcome spelled at run time is accepted; anything else is a ValueError."""
+    import pytest
+
+    spelled = "".join(["suc", "cess"])  # equal to "success", not the same object
+    assert "success" == emit("x", outcome=spelled).outcome
+    with pytest.raises(ValueError, match="outcome must be"):
+        emit("x", outcome="maybe")
