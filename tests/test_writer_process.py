@@ -214,7 +214,10 @@ def test_writer_process_needs_buffered_mode_and_a_url(tmp_path):
         PeeweeSink(database, mode="buffered", writer="process")
     # A SQLite Database object names its file: the child opens that.
     sqlite = peewee.SqliteDatabase(str(tmp_path / "b.db"))
-    with PeeweeSink(sqlite, mode="buffered", writer="process") as sink:
-        touch("x")
-        assert sink.flush(timeout=60)
+    try:
+        with PeeweeSink(sqlite, mode="buffered", writer="process") as sink:
+            touch("x")
+            assert sink.flush(timeout=60)
+    finally:
+        sqlite.close()  # the application's database: the sink leaves it open
     assert ["x"] == stored(tmp_path / "b.db")
