@@ -347,3 +347,18 @@ def test_append_numbered_after_a_stale_head_writes_nothing(tmp_path):
         refused = [insert.params(rows[0], i, "0" * 64, "1" * 64, "sha256") for i in (4, 5)]
         with pytest.raises(sqlite3.IntegrityError, match="event_id"):
             insert.append_next(cursor, refused)  # a content error is not a stale head
+
+
+def test_an_event_a_receiver_broke_is_counted_lost_not_raised(tmp_path, caplog):
+    """A receiver that corrupts the frozen event (object.__setattr__) before the
+    sink sees it: the sink cannot make a row of it, says so as critical and
+    counts it lost; a strict sink raises AuditWriteError instead."""
+    event = AuditEvent(event_type="x")
+    object.__setattr__(event, "timestamp", "not a datetime")
+    with PeeweeSink(f"sqlite:///{tmp_path / 'broken.db'}") as sink:
+        sink.write(event)
+        assert (1, 1, 0) == (sink.stats.lost, sink.stats.failed, sink.stats.written)
+    assert "LOST audit event" in caplog.text
+    strict = PeeweeSink(f"sqlite:///{tmp_path / 'strict.db'}", strict=True)
+    with strict, pytest.raises(AuditWriteError, match="cannot be stored"):
+        strict.write(event)

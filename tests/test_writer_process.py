@@ -221,3 +221,28 @@ def test_writer_process_needs_buffered_mode_and_a_url(tmp_path):
     finally:
         sqlite.close()  # the application's database: the sink leaves it open
     assert ["x"] == stored(tmp_path / "b.db")
+
+
+@pytest.mark.parametrize(
+    ("executable", "why"),
+    [("/nonexistent/python", "cannot start"), ("/bin/true", "exited")],
+)
+def test_a_writer_process_that_cannot_run_spills_and_close_replays(
+    tmp_path, monkeypatch, caplog, executable, why
+):
+    """No interpreter, or one that exits at once: the batches are spilled (logged,
+    counted), and close() writes them in-process: nothing lost."""
+    path = tmp_path / "nostart.db"
+    monkeypatch.setattr(sys, "executable", executable)
+    sink = PeeweeSink(f"sqlite:///{path}", mode="buffered", writer="process").connect()
+    assert sink.flush(timeout=30)  # nothing sent yet: nothing to wait for
+    for i in range(30):
+        touch(f"r{i}")
+    assert sink.flush(timeout=60)
+    assert 30 == sink.stats.spilled
+    assert [] == stored(path)
+    assert why in caplog.text
+    sink.close()
+    assert [f"r{i}" for i in range(30)] == stored(path)
+    assert 30 == sink.stats.replayed
+    assert verify(f"sqlite:///{path}").ok
