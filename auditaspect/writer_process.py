@@ -243,6 +243,7 @@ class WriterProcess:
                 child.poll(),
             )
             self._discard(child)
+        child = None
         try:
             child = subprocess.Popen(
                 [sys.executable, "-c", _CHILD],
@@ -257,6 +258,8 @@ class WriterProcess:
             _widen_pipe(child.stdin.fileno())
             _write_message(child.stdin.fileno(), self._config)
         except OSError as exc:
+            if child is not None:  # started, but gone before it read its config
+                self._discard(child)
             rows = [row for batch in self._unanswered for row in batch]
             self._unanswered.clear()
             raise WriterProcessError(f"cannot start the audit writer process: {exc}", rows) from exc
