@@ -8,19 +8,25 @@ Two modes:
   ``atomic()`` as a savepoint), so a rolled-back domain change leaves no audit
   row either. A second ``Database`` object for the same file is a second
   connection: it would wait for the first one's lock instead of joining.
-* ``mode="buffered"`` only enqueues on the calling thread; a background
-  writer (:mod:`auditaspect.writer`) writes batches, one transaction each.
-  Inside a caller's transaction on the same ``Database`` the event is queued
-  when that transaction commits (and dropped with it on rollback).
+* ``mode="buffered"`` only turns the event into its row and enqueues it on
+  the calling thread; a background writer (:mod:`auditaspect.writer`, or a
+  child process with ``writer="process"``: :mod:`auditaspect.writer_process`)
+  writes batches, one transaction each. Inside a caller's transaction on the
+  same ``Database`` the row is queued when that transaction commits (and
+  dropped with it on rollback).
 
-Every write appends to the hash chain (:mod:`auditaspect.integrity`) under the
-database's write lock (``BEGIN IMMEDIATE`` on SQLite, a transaction-scoped
-advisory lock on PostgreSQL), so concurrent writers still form one chain.
+Every write appends to the hash chain (:mod:`auditaspect.integrity`) so that
+concurrent writers still form one chain. On SQLite, outside a caller's
+transaction, a write is one INSERT in autocommit, numbered after the head
+this sink last wrote or read; the append trigger and the primary key refuse
+it whole if another writer got in first, and the sink then takes the locked
+path: the database's write lock (``BEGIN IMMEDIATE``; on PostgreSQL always,
+a transaction-scoped advisory lock), read the head, insert.
 
-Rows are written with INSERT statements compiled once by peewee from
-:class:`AuditRecord` (the single definition of the table) and executed on the
-driver's cursor (``COPY`` for PostgreSQL batches): peewee spends most of a
-single-row insert building SQL.
+Rows (:mod:`auditaspect.rows`) are written with INSERT statements compiled
+once by peewee from :class:`AuditRecord` (the single definition of the table)
+and executed on the driver's cursor (``COPY`` for PostgreSQL batches): peewee
+spends most of a single-row insert building SQL.
 
 When a write fails, the default is fail-open with spill: the audited call
 goes on, and the redacted event is appended (fsync'd) to a spill file, then
