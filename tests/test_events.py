@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime, timedelta, timezone
 
 import attrs
@@ -155,6 +156,26 @@ def test_what_orjson_refuses_goes_to_the_standard_library():
     assert json.dumps(deep, separators=(",", ":")) == events.dumps_details(deep, float_free=True)
 
 
+def test_event_ids_take_one_urandom_call_per_4096(monkeypatch):
+    """Ids come from the OS in batches of 4,096: urandom gives up the GIL, and a
+    caller that gives it back every few milliseconds starves a writer thread
+    waiting for it (CPython forces a switch only after 5 ms without one)."""
+    from auditaspect import events
+
+    calls = []
+    real = os.urandom
+
+    def counting(size):
+        calls.append(size)
+        return real(size)
+
+    monkeypatch.setattr(events.os, "urandom", counting)
+    monkeypatch.setattr(events, "_id_pool", [])
+    ids = {AuditEvent(event_type="x").event_id for _ in range(10_000)}
+    assert 10_000 == len(ids)
+    assert [16 * 4096] * 3 == calls
+
+
 def test_ordered_ids_sort_by_time_and_stay_unique():
     """use_ordered_ids(): 32 hex digits, the milliseconds first; random again when turned off."""
     import string
@@ -176,3 +197,25 @@ def test_ordered_ids_sort_by_time_and_stay_unique():
     assert abs(int(later[:12], 16) - now_ms) < 10_000
     random_ids = [AuditEvent(event_type="x").event_id for _ in range(50)]
     assert len({i[:12] for i in random_ids}) > 1  # not one millisecond prefix: random
+
+
+def test_pipeline_events_are_the_events_init_would_make():
+    """build_event skips AuditEvent.__init__ (its values are checked already):
+    every field is set, and the event equals one built through __init__."""
+    from auditaspect.decorator import build_event
+    from auditaspect.redaction import get_redactor
+
+    event = build_event("plan_applied", {"actor": "alice", "n": 1}, target="svc.apply")
+    fields = {f.alias: getattr(event, f.name) for f in attrs.fields(AuditEvent) if f.init}
+    assert AuditEvent(**fields) == event
+    assert ("plan_applied", "success", "alice", "svc.apply") == (
+        event.event_type,
+        event.outcome,
+        event.actor,
+        event.target,
+    )
+    assert event.timestamp.tzinfo is timezone.utc
+    assert len(event.event_id) == 32
+    assert event._redacted_by is get_redactor()
+    assert '{"actor":"alice","n":1}' == event._details_json
+    assert attrs.evolve(event, actor="bob").actor == "bob"
