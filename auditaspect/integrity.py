@@ -35,6 +35,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from . import events
 from .events import dumps_details
 from .model import format_timestamp
 
@@ -119,8 +120,18 @@ _encode_string: Callable[[str], str] = json.encoder.encode_basestring
 def canonical(scalars: Sequence[Any], details_text: str) -> bytes:
     """The bytes a link hashes after its prefix: the scalar fields as a JSON
     array, a newline, the canonical details text (:func:`canonical_details`)."""
-    # Fields are text or None: join the encoder's own string encoding rather
-    # than run the encoder (byte for byte the same; tests/test_integrity.py).
+    fast = events.fast_dumps
+    if fast is not None:
+        # Fields are text or None (the columns are text): orjson writes them
+        # byte for byte as the encoder does (tests/test_integrity.py checks
+        # every code point); it refuses lone surrogates, which the encoder
+        # below then decides on.
+        try:
+            return b"%b\n%b" % (fast(scalars), details_text.encode())
+        except TypeError:
+            pass
+    # Without orjson: join the encoder's own string encoding rather than run
+    # the encoder (byte for byte the same; tests/test_integrity.py).
     try:
         fields = ",".join(["null" if v is None else _encode_string(v) for v in scalars])
     except TypeError:  # not text: the encoder says what it makes of it

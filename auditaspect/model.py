@@ -68,13 +68,27 @@ class UTCDateTimeField(peewee.Field):
         return value
 
 
+# The last whole second formatted, and its text: audited calls come many a
+# second, and isoformat() of an aware datetime costs an audited call about a
+# microsecond. Replaced whole (one tuple), so threads never see half of it.
+_last_second: tuple[tuple[int, ...], str] = ((), "")
+
+
 def format_timestamp(value: datetime) -> str:
-    """Return the stored text of an aware timestamp (UTC, microseconds)."""
+    """Return the stored text of an aware timestamp (UTC, microseconds):
+    ``YYYY-MM-DDTHH:MM:SS.ffffff+00:00``, what ``isoformat(timespec="microseconds")``
+    writes for it. A naive timestamp is a ``ValueError``."""
+    global _last_second
     if value.tzinfo is not timezone.utc:
         if value.tzinfo is None:
             raise ValueError("audit timestamps must be timezone-aware")
         value = value.astimezone(timezone.utc)
-    return value.isoformat(timespec="microseconds")
+    second = (value.year, value.month, value.day, value.hour, value.minute, value.second)
+    known, text = _last_second
+    if second != known:
+        text = value.isoformat(timespec="seconds")[:19]
+        _last_second = (second, text)
+    return f"{text}.{value.microsecond:06d}+00:00"
 
 
 def _refuse(what: str) -> NoReturn:

@@ -290,6 +290,32 @@ def test_canonical_joins_exactly_what_the_json_encoder_makes(fields, details):
     assert expected == canonical(fields, details)
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["orjson", "stdlib"])
+def test_canonical_of_every_code_point_is_the_encoders(fast, monkeypatch):
+    """Every code point outside the surrogates, with orjson (auditaspect[fast])
+    and without it: the bytes the encoder makes of the same fields."""
+    from auditaspect import events
+    from auditaspect.integrity import canonical
+
+    if not fast:
+        monkeypatch.setattr(events, "fast_dumps", None)
+    encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+    points = [p for p in range(0x110000) if not 0xD800 <= p <= 0xDFFF]
+    for start in range(0, len(points), 2048):
+        text = "".join(map(chr, points[start : start + 2048]))
+        fields = [text, None, text[::-1], "", None, "x", None, None, "t", None]
+        assert f"{encoder.encode(fields)}\n{{}}".encode() == canonical(fields, "{}")
+
+
+def test_canonical_of_a_lone_surrogate_is_refused_as_before():
+    """orjson refuses a lone surrogate; the encoder's path then refuses its bytes too
+    (redaction replaces them before any row is built)."""
+    from auditaspect.integrity import canonical
+
+    with pytest.raises(UnicodeEncodeError):
+        canonical(["\ud800"] + [None] * 9, "{}")
+
+
 def test_canonical_of_fields_that_are_not_text_uses_the_encoder():
     """A field that is not text (a legacy row's number) is encoded as the encoder does."""
     from auditaspect.integrity import canonical

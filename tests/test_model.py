@@ -7,6 +7,8 @@ from datetime import datetime, timezone
 
 import peewee
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from auditaspect import AppendOnlyError, AuditEvent, AuditRecord, PeeweeSink
 from auditaspect.model import UTCDateTimeField, create_schema, format_timestamp
@@ -126,6 +128,18 @@ def test_timestamp_field_round_trip():
     assert "raw" == field.db_value("raw")
     with pytest.raises(ValueError, match="timezone-aware"):
         format_timestamp(datetime(2026, 1, 1))
+
+
+@given(st.lists(st.datetimes(timezones=st.timezones()), min_size=1, max_size=5))
+def test_stored_timestamp_text_is_isoformat_in_utc(values):
+    """The stored text is ``isoformat(timespec="microseconds")`` of the UTC time,
+    whatever second was formatted before (the text of the last second is kept)."""
+    for value in values:
+        utc = value.astimezone(timezone.utc)
+        assert utc.isoformat(timespec="microseconds") == format_timestamp(value)
+        # The same second again, another microsecond: only the fraction changes.
+        later = utc.replace(microsecond=(utc.microsecond + 1) % 1_000_000)
+        assert later.isoformat(timespec="microseconds") == format_timestamp(later)
 
 
 def test_model_queries_the_connected_sinks_database(db_url):
