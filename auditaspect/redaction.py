@@ -293,7 +293,11 @@ class Redactor:
         """:meth:`redact`, and whether the result holds no float (the walk sees
         every value: see :func:`~auditaspect.events.dumps_details`)."""
         walker = _Walk(self)
-        redacted = walker.mapping(details, 0)
+        try:
+            redacted = walker.mapping(details, 0)
+        except _Deep:  # a cycle, or nesting that deep: again, minding cycles
+            walker = _Walk(self, cycles=set())
+            redacted = walker.mapping(details, 0)
         # The walk's size estimate counts characters, not escaped JSON bytes;
         # only details that might be near the cap pay for an exact check.
         if walker.size * 6 > self.max_details_bytes:
@@ -320,8 +324,20 @@ class Redactor:
             preview = preview[: len(preview) // 2]
 
 
+class _Deep(Exception):
+    """A walk without a cycle guard reached :data:`MAX_DEPTH`: walk again with one."""
+
+
 class _Walk:
-    """One traversal of a details structure (holds the cycle guard and size)."""
+    """One traversal of a details structure (holds the size and, if asked, a cycle guard).
+
+    Real details are a few levels deep and never cyclic, so the first walk
+    keeps no set of the containers it is inside (``cycles=None``) and gives
+    up with :class:`_Deep` at :data:`MAX_DEPTH`; only then does
+    :meth:`Redactor.redact_checked` walk again, minding cycles, which turns a
+    cycle into :data:`CYCLE_MARKER` and deeper nesting into
+    :data:`DEPTH_MARKER`. Both walks give the same result for the same input.
+    """
 
     __slots__ = (
         "active",
@@ -335,7 +351,7 @@ class _Walk:
         "size",
     )
 
-    def __init__(self, redactor: Redactor) -> None:
+    def __init__(self, redactor: Redactor, cycles: set[int] | None = None) -> None:
         # A string longer than the cap will be cut with its details anyway:
         # scan only its start (with a margin, so a secret straddling the cut
         # is still recognised and masked).
@@ -345,18 +361,20 @@ class _Walk:
         self.redact_text = redactor.redact_text
         self.clean = redactor._clean
         self.mask = redactor.mask
-        self.active: set[int] = set()
+        self.active = cycles
         self.size = 0
         self.floats = False
 
     def mapping(self, value: Mapping[Any, Any], depth: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        marker = id(value)
-        self.active.add(marker)
+        active = self.active
+        if active is not None:
+            active.add(id(value))
         try:
             items = list(value.items())
         except Exception as exc:  # a broken Mapping must not break the call
-            self.active.discard(marker)
+            if active is not None:
+                active.discard(id(value))
             return {"<unreadable>": f"{type(exc).__name__}"}
         depth += 1
         # The hottest loop of an audited call: lookups hoisted, the common
@@ -383,19 +401,34 @@ class _Walk:
             elif (kind is int and -_INT64 <= item < _INT64) or kind is bool or item is None:
                 size += 8  # as value() counts them
                 out[name] = item
+            elif active is None and depth < MAX_DEPTH and (kind is dict or kind is list):
+                # Without a cycle guard nothing else to check: straight in.
+                out[name] = (self.mapping if kind is dict else self.sequence)(item, depth)
             else:
                 out[name] = walk(item, depth)
         self.size += size
-        self.active.discard(marker)
+        if active is not None:
+            active.discard(id(value))
         return out
 
     def sequence(self, value: Iterable[Any], depth: int) -> list[Any]:
-        marker = id(value)
-        self.active.add(marker)
+        active = self.active
+        if active is not None:
+            active.add(id(value))
         depth += 1
-        out = [self.value(item, depth) for item in value]
-        self.size += 2 + len(out)  # brackets and commas: empty lists are not free
-        self.active.discard(marker)
+        clean, walk = self.clean, self.value
+        out = []
+        size = 2  # the brackets: empty lists are not free
+        for item in value:
+            size += 1  # a comma
+            if type(item) is str and item in clean:
+                size += len(item) + 2  # as value() counts it
+                out.append(item)
+            else:
+                out.append(walk(item, depth))
+        self.size += size
+        if active is not None:
+            active.discard(id(value))
         return out
 
     def value(self, value: Any, depth: int) -> Any:
@@ -420,12 +453,20 @@ class _Walk:
                 return repr(value)  # NaN is not JSON
             return 0.0 if value == 0 else value  # -0.0 does not survive JSONB
         if kind is dict or kind is list or kind is tuple:
-            if id(value) in self.active:
-                return CYCLE_MARKER
-            if depth >= MAX_DEPTH:
-                return DEPTH_MARKER
+            if not self.enter(value, depth):
+                return CYCLE_MARKER if self.active and id(value) in self.active else DEPTH_MARKER
             return self.mapping(value, depth) if kind is dict else self.sequence(value, depth)
         return self.other(value, depth)
+
+    def enter(self, value: Any, depth: int) -> bool:
+        """Whether to walk into a container; without a cycle guard, :class:`_Deep`
+        at :data:`MAX_DEPTH` (a cycle, or nesting deeper than real details)."""
+        active = self.active
+        if active is None:
+            if depth >= MAX_DEPTH:
+                raise _Deep
+            return True
+        return id(value) not in active and depth < MAX_DEPTH
 
     def other(self, value: Any, depth: int) -> Any:
         if isinstance(value, enum.Enum):
@@ -442,10 +483,8 @@ class _Walk:
         if isinstance(value, float):
             return self.value(float(value), depth)
         if isinstance(value, (Mapping, list, tuple, set, frozenset)):
-            if id(value) in self.active:
-                return CYCLE_MARKER
-            if depth >= MAX_DEPTH:
-                return DEPTH_MARKER
+            if not self.enter(value, depth):
+                return CYCLE_MARKER if self.active and id(value) in self.active else DEPTH_MARKER
             if isinstance(value, Mapping):
                 return self.mapping(value, depth)
             if isinstance(value, (set, frozenset)):

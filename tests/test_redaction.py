@@ -374,6 +374,31 @@ def test_property_no_planted_secret_survives(details):
     assert out == R.redact(out)  # idempotent
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    details=st.dictionaries(st.text(max_size=10), details_strategy, max_size=5),
+    depth=st.integers(min_value=0, max_value=34),
+)
+def test_property_the_quick_walk_is_the_guarded_walk(details, depth):
+    """The first walk (no cycle guard) gives what the guarded walk gives: the
+    same details, size estimate and float flag; past MAX_DEPTH it hands over."""
+    from auditaspect.redaction import _Deep, _Walk
+
+    for _ in range(depth):  # some of them nested past the limit
+        details = {"k": [details]}
+    redactor = Redactor()
+    guarded = _Walk(redactor, cycles=set())
+    expected = guarded.mapping(details, 0)
+    quick = _Walk(redactor)
+    try:
+        got = quick.mapping(details, 0)
+    except _Deep:
+        assert DEPTH_MARKER in json.dumps(expected)  # it was that deep
+        return
+    assert (expected, guarded.size, guarded.floats) == (got, quick.size, quick.floats)
+    assert (expected, not guarded.floats) == redactor.redact_checked(details)
+
+
 class Label(str):
     pass
 
