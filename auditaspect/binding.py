@@ -34,7 +34,7 @@ class Binder:
     (only possible when the call itself failed with a ``TypeError``).
     """
 
-    __slots__ = ("_bound_params", "_named", "_params")
+    __slots__ = ("_bound_params", "_named", "_params", "_plain", "_plain_bound")
 
     def __init__(self, func: Callable[..., Any]) -> None:
         try:
@@ -56,11 +56,19 @@ class Binder:
         self._named = frozenset(
             name for name, kind, _ in params if kind in (_POSITIONAL_OR_KEYWORD, _KEYWORD_ONLY)
         )
+        # Names of a signature of plain positional parameters only (the common
+        # case): a call passing all of them by position binds in one zip.
+        plain = all(kind in (_POSITIONAL_ONLY, _POSITIONAL_OR_KEYWORD) for _, kind, _ in params)
+        self._plain = tuple(name for name, _, _ in params) if plain else None
+        self._plain_bound = tuple(name for name, _, _ in self._bound_params) if plain else None
 
     def bind(
         self, args: tuple[Any, ...], kwargs: Mapping[str, Any], *, skip_first: bool = False
     ) -> dict[str, Any]:
         """Return the call's arguments by parameter name, in signature order."""
+        names = self._plain_bound if skip_first else self._plain
+        if names is not None and not kwargs and len(args) == len(names):
+            return dict(zip(names, args, strict=True))
         out: dict[str, Any] = {}
         index = 0
         nargs = len(args)

@@ -80,3 +80,29 @@ def test_callable_without_signature_binds_to_args_and_kwargs():
             return None
 
     assert {"args": (1,), "kwargs": {"k": 2}} == Binder(Opaque()).bind((1,), {"k": 2})
+
+
+def plain(a, b, /, c, d=4):
+    return None
+
+
+@given(
+    count=st.integers(min_value=0, max_value=5),
+    keyword=st.booleans(),
+    skip_first=st.booleans(),
+)
+def test_plain_positional_signatures_bind_as_signature_bind(count, keyword, skip_first):
+    """Only positional parameters (bound in one step when every one is passed by
+    position): the same dict as Signature.bind, with defaults, and without self."""
+    args = tuple(range(count))
+    kwargs = {"d": 9} if keyword and count == 3 else {}
+    got = Binder(plain).bind(args, kwargs, skip_first=skip_first)
+    if skip_first:  # the bound object stands for the first parameter, not in args
+        got = {"a": None, **got}
+        args = (None, *args)
+    try:
+        expected = reference(plain, args, kwargs)
+    except TypeError:  # a call that failed: whatever was supplied, by name
+        assert set(got) <= {"a", "b", "c", "d"}
+        return
+    assert expected == got
