@@ -142,7 +142,14 @@ class CompiledInsert:
         sentinels: dict[str, Any] = {name: f"\x00auditaspect:{name}\x00" for name in names}
         sentinels["id"] = -7_294_019_357  # an integer column: an integer sentinel
         self._values: dict[Any, Any] = {getattr(AuditRecord, n): sentinels[n] for n in names}
-        self._values[AuditRecord.details] = {"\x00auditaspect": "details"}
+        if isinstance(database, peewee.PostgresqlDatabase):
+            # The driver's Jsonb adapter, as peewee's JSONField makes it.
+            self._values[AuditRecord.details] = {"\x00auditaspect": "details"}
+        else:
+            # The details text is ours, canonical JSON already: bound as it
+            # is, not through peewee's json(?), which would only parse and
+            # re-minify it (a microsecond or more of SQLite's time a row).
+            self._values[AuditRecord.details] = peewee.Value(sentinels["details"], unpack=False)
         sql, params = self._compile(1)
         by_value = {s: n for n, s in sentinels.items()}
         order = [
@@ -161,8 +168,8 @@ class CompiledInsert:
         # A row extended by (id, prev_hash, hash, key_id), picked in the statement's order.
         self._pick = operator.itemgetter(*(_COLUMNS.index(name) for name in order))
         details_param = params[order.index("details")]
-        # SQLite: the JSON text goes into json(?). PostgreSQL: the driver's
-        # Jsonb adapter, handed the text we already serialised.
+        # SQLite: the JSON text itself. PostgreSQL: the driver's Jsonb
+        # adapter, handed the text we already serialised.
         self._wrap: Callable[[str], Any] | None = (
             None
             if isinstance(details_param, str)
@@ -235,7 +242,7 @@ class CompiledInsert:
             if len(self._append_sql) < 64:  # batch sizes vary: keep the common ones
                 self._append_sql[count] = sql
         try:
-            cursor.execute(sql, [v for row in params for v in row])
+            cursor.execute(sql, params[0] if count == 1 else [v for row in params for v in row])
         except Exception as exc:
             # By name: sqlite3's class, or that of another SQLite driver.
             stale = any(c.__name__ == "IntegrityError" for c in type(exc).__mro__)

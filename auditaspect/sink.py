@@ -138,9 +138,9 @@ class PeeweeSink:
     ``strict=True`` (sync mode only) the audited call gets
     :class:`~auditaspect.AuditWriteError` instead and nothing is spilled.
 
-    Buffered mode: ``batch_size`` events (default 500; 2,000 with a writer
-    process) or ``flush_interval`` seconds make a batch; ``queue_size`` bounds
-    the queue (callers wait when it is full).
+    Buffered mode: ``batch_size`` events (default 2,000) or ``flush_interval``
+    seconds make a batch; ``queue_size`` bounds the queue (callers wait when
+    it is full).
     ``writer="process"`` has a child process write the batches, on its own
     core and outside the application's GIL (:mod:`auditaspect.writer_process`:
     one process per sink, started on the first batch); the database must then
@@ -220,11 +220,10 @@ class PeeweeSink:
         self._head: tuple[int, str] | None = None
         self._writer: BatchWriter[Row] | None = None
         self._writer_options = {
-            # A writer process gets bigger batches: each costs the parent's
-            # writer thread a GIL hand-over or two, whatever its size.
-            "batch_size": (2000 if writer == "process" else 500)
-            if batch_size is None
-            else batch_size,
+            # Each batch costs the writer thread (or the writer process's
+            # feeding thread) a wait of up to a switch interval (5 ms) for
+            # the GIL after SQLite or the pipe gave it up: 2,000 rows share it.
+            "batch_size": 2000 if batch_size is None else batch_size,
             "flush_interval": flush_interval,
             "queue_size": queue_size,
         }

@@ -118,7 +118,7 @@ def schema_connection(path: str) -> sqlite3.Connection:
 INSERT = (
     "INSERT INTO audit_log (event_id, timestamp, event_type, outcome, actor, plan_id, ip,"
     " correlation_id, target, details, error, prev_hash, hash)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, json(?), ?, ?, ?)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -313,7 +313,8 @@ def every_rule_scan(text: str) -> list[Any]:
     return [finding for rule in default_rules().rules for finding in rule.findings(text)]
 
 
-PG_INSERT = INSERT.replace("?", "%s").replace("json(%s)", "%s::jsonb")
+# The details' placeholder is the tenth: a JSONB cast there on PostgreSQL.
+PG_INSERT = INSERT.replace("?", "%s").replace("%s, %s, %s, %s)", "%s::jsonb, %s, %s, %s)")
 
 
 def pg_reset(url: str) -> None:

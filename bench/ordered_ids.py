@@ -37,7 +37,7 @@ def ordered_id() -> str:
 # The chain columns filled (with stand-ins): a sink continues after such a head.
 INSERT = (
     "INSERT INTO audit_log (id, event_id, timestamp, event_type, outcome, actor, plan_id,"
-    " target, details, prev_hash, hash, key_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, json(?), ?, ?, ?)"
+    " target, details, prev_hash, hash, key_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
