@@ -438,6 +438,8 @@ def _sync_wrapper(audit: Recorder) -> Any:
     if audit.error_signal is not audit.signal:
         # A returned call may be sent as on_error: its receivers count too.
         return _sync_wrapper_with_failures(audit)
+    # Closure cells, not attribute lookups, on the path taken by every call.
+    everything, own = audit_event, audit.signal
 
     @wrapt.decorator
     def wrapper(
@@ -449,7 +451,7 @@ def _sync_wrapper(audit: Recorder) -> Any:
             audit.failed(wrapped, instance, args, kwargs, exc)
             raise
         # The common path, kept to two attribute reads: nobody listening, nothing built.
-        if audit_event.receivers or audit.signal.receivers:
+        if everything.receivers or own.receivers:
             if result is not None and hasattr(type(result), "__await__"):
                 # The work happens when the caller awaits: audit then.
                 return _audited_await(audit, wrapped, instance, args, kwargs, result)
