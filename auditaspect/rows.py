@@ -125,13 +125,17 @@ def _fit(scalars: tuple[str | None, ...]) -> tuple[str | None, ...]:
 class CompiledInsert:
     """The INSERT for one database, compiled by peewee, and its row parameters.
 
-    Rows go in as multi-row ``INSERT ... VALUES (...), (...)`` statements of a
-    few fixed sizes, each compiled once. One statement per chunk rather than
+    Rows go in as multi-row ``INSERT ... VALUES (...), (...)`` statements, not
     ``executemany``: the driver releases the GIL around every row it steps,
     and a writer thread that must win the GIL back once per row crawls while
-    callers keep the interpreter busy. On PostgreSQL with psycopg 3, a batch
-    is one ``COPY ... FROM STDIN`` of the model's columns (measured faster
-    than both multi-row INSERTs and the driver's pipelined ``executemany``).
+    callers keep the interpreter busy. On SQLite a batch is one statement (up
+    to :attr:`APPEND_LIMIT` rows), its text the one-row statement's values
+    repeated; peewee compiles only the one-row statement (compiling a 500-row
+    one took it 15 ms of Python, which a writer thread spends while callers
+    want the GIL). On PostgreSQL with psycopg 3, a batch is one ``COPY ...
+    FROM STDIN`` of the model's columns (measured faster than both multi-row
+    INSERTs and the driver's pipelined ``executemany``); without it, INSERTs
+    of a few fixed sizes compiled by peewee once each.
     """
 
     CHUNKS = (500, 100, 20, 5, 1)
@@ -176,7 +180,9 @@ class CompiledInsert:
             else functools.partial(_rewrap, type(details_param))
         )
         self._details_at = order.index("details")
-        # The one-statement append of any number of rows (SQLite only).
+        # SQLite: a statement of any number of rows is the one-row statement's
+        # values repeated (PostgreSQL's has a RETURNING clause after them).
+        self._sqlite = isinstance(database, peewee.SqliteDatabase)
         head, _, values = sql.partition(" VALUES ")
         self._append_head = head
         self._append_row = values
@@ -203,8 +209,16 @@ class CompiledInsert:
         return (*params[:at], self._wrap(params[at]), *params[at + 1 :])
 
     def execute(self, cursor: Any, params: Sequence[tuple[Any, ...]]) -> None:
-        """Insert every row of ``params``: COPY on PostgreSQL (psycopg 3), else
-        multi-row INSERTs, as few as the chunk sizes allow."""
+        """Insert every row of ``params``: one statement per :attr:`APPEND_LIMIT`
+        rows on SQLite, COPY on PostgreSQL (psycopg 3), else multi-row INSERTs,
+        as few as the chunk sizes allow."""
+        if self._sqlite:
+            limit = self.APPEND_LIMIT
+            with _as_peewee_errors:
+                for start in range(0, len(params), limit):
+                    chunk = params[start : start + limit]
+                    cursor.execute(self._rows_sql(len(chunk)), _flat(chunk))
+            return
         if self._copy_sql is not None and len(params) > 1 and hasattr(cursor, "copy"):
             with cursor.copy(self._copy_sql) as copy:
                 for row in params:
@@ -216,6 +230,15 @@ class CompiledInsert:
                 chunk = params[start : start + size]
                 cursor.execute(self.sql(size), [v for row in chunk for v in row])
                 start += size
+
+    def _rows_sql(self, count: int) -> str:
+        """SQLite: the INSERT of ``count`` rows (at most :attr:`APPEND_LIMIT`)."""
+        sql = self._append_sql.get(count)
+        if sql is None:
+            sql = f"{self._append_head} VALUES {', '.join([self._append_row] * count)}"
+            if len(self._append_sql) < 64:  # batch sizes vary: keep the common ones
+                self._append_sql[count] = sql
+        return sql
 
     # The most rows one append statement carries (15 parameters each, well
     # under SQLite's 32,766).
@@ -235,21 +258,26 @@ class CompiledInsert:
         id, so the rows chain onto exactly the row they were numbered after.
         At most :attr:`APPEND_LIMIT` rows.
         """
-        count = len(params)
-        sql = self._append_sql.get(count)
-        if sql is None:
-            sql = f"{self._append_head} VALUES {', '.join([self._append_row] * count)}"
-            if len(self._append_sql) < 64:  # batch sizes vary: keep the common ones
-                self._append_sql[count] = sql
         try:
-            cursor.execute(sql, params[0] if count == 1 else [v for row in params for v in row])
+            cursor.execute(self._rows_sql(len(params)), _flat(params))
         except Exception as exc:
             # By name: sqlite3's class, or that of another SQLite driver.
             stale = any(c.__name__ == "IntegrityError" for c in type(exc).__mro__)
             if not stale or _STALE_HEAD.search(str(exc)) is None:
-                raise
+                with _as_peewee_errors:
+                    raise
             return False
         return True
+
+
+# The driver's errors as peewee's (what peewee's own queries raise), so that a
+# failed write has the same cause whichever path it took.
+_as_peewee_errors = peewee.__exception_wrapper__  # type: ignore[attr-defined]
+
+
+def _flat(params: Sequence[tuple[Any, ...]]) -> Sequence[Any]:
+    """The parameters of a multi-row statement, row after row."""
+    return params[0] if len(params) == 1 else [v for row in params for v in row]
 
 
 # Refusals that mean "not the next id": the append trigger's, or the primary key's.

@@ -438,16 +438,23 @@ class PeeweeSink:
         logger.info("chained %d audit rows written before schema version 2", sealed)
 
     def _check_key(self) -> None:
-        """Refuse to write with a key other than the one that chained the log's last row."""
+        """Refuse to write with a key other than the one that chained the log's last row.
+
+        On SQLite, also remember that row as the head, so that the first batch
+        is one statement too (if another writer appends first, that statement
+        is refused whole and the write takes the locked path, as after any
+        stale head).
+        """
         row = self.database.execute_sql(  # type: ignore[no-untyped-call]
-            f"SELECT key_id FROM {TABLE_NAME} ORDER BY id DESC LIMIT 1"
+            f"SELECT id, hash, key_id FROM {TABLE_NAME} ORDER BY id DESC LIMIT 1"
         ).fetchone()
-        found = row[0] if row else None
-        if found is None or found == self._key_id:
-            return
-        if not self._rotate:
-            raise AuditError(_key_mismatch(found, self._key_id))
-        logger.warning("audit chain continues with key %s after key %s", self._key_id, found)
+        last, prev, found = row if row else (0, GENESIS, None)
+        if found is not None and found != self._key_id:
+            if not self._rotate:
+                raise AuditError(_key_mismatch(found, self._key_id))
+            logger.warning("audit chain continues with key %s after key %s", self._key_id, found)
+        if not self._postgres and prev is not None:
+            self._head = (last, prev)
 
     def _read_head(self) -> tuple[int, str]:
         """The committed head, on this thread's own connection (for checkpoints)."""

@@ -76,3 +76,36 @@ def test_pipeline_checks_the_outcome_by_value():
     assert "success" == emit("x", outcome=spelled).outcome
     with pytest.raises(ValueError, match="outcome must be"):
         emit("x", outcome="maybe")
+
+
+def test_sqlite_inserts_any_number_of_rows_in_statements_of_at_most_the_limit(tmp_path):
+    """The locked path's INSERT on SQLite: every row, in order, one statement per
+    APPEND_LIMIT rows (each statement's text the one-row values repeated)."""
+    import peewee
+
+    from auditaspect.model import create_schema
+    from auditaspect.rows import CompiledInsert
+
+    db = peewee.SqliteDatabase(str(tmp_path / "rows.db"))
+    create_schema(db)
+    db.execute_sql("DROP TRIGGER audit_log_append")  # numbered freely here: only the SQL is tested
+    insert = CompiledInsert(db)
+    redactor = Redactor()
+    limit = insert.APPEND_LIMIT
+    statements: list[str] = []
+    db.connection().set_trace_callback(statements.append)
+    next_id = 1
+    for count in (1, 2, limit, limit + 1, 2 * limit + 3):
+        rows = [prepare_row(AuditEvent(event_type=f"n{count}"), redactor) for _ in range(count)]
+        params = [insert.params(row, next_id + i, "p", "h", "k") for i, row in enumerate(rows)]
+        statements.clear()
+        with db.atomic():
+            insert.execute(db.cursor(), params)
+        inserts = [s for s in dict.fromkeys(statements) if s.startswith("INSERT")]
+        assert -(-count // limit) == len(inserts)
+        stored = db.execute_sql(
+            "SELECT id, event_id FROM audit_log WHERE id >= ? ORDER BY id", (next_id,)
+        ).fetchall()
+        assert [(next_id + i, row[EVENT_ID]) for i, row in enumerate(rows)] == stored
+        next_id += count
+    db.close()

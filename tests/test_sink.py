@@ -345,8 +345,31 @@ def test_append_numbered_after_a_stale_head_writes_nothing(tmp_path):
         assert insert.append_next(cursor, params) is False
         assert 3 == len(_events_in_order(path))
         refused = [insert.params(rows[0], i, "0" * 64, "1" * 64, "sha256") for i in (4, 5)]
-        with pytest.raises(sqlite3.IntegrityError, match="event_id"):
-            insert.append_next(cursor, refused)  # a content error is not a stale head
+        # A content error is not a stale head; it is raised as peewee's, as the
+        # locked path's errors are.
+        with pytest.raises(peewee.IntegrityError, match="event_id"):
+            insert.append_next(cursor, refused)
+
+
+def test_the_first_write_after_connect_is_one_statement(tmp_path):
+    """connect() remembers the log's last row: the first write appends in one
+    statement (no BEGIN IMMEDIATE and head read), and chains onto that row."""
+    from auditaspect import verify
+
+    path = tmp_path / "head.db"
+    with PeeweeSink(f"sqlite:///{path}") as sink:
+        for _ in range(3):
+            sink.write(AuditEvent(event_type="x"))
+    statements: list[str] = []
+    with PeeweeSink(f"sqlite:///{path}") as sink:
+        sink.database.connection().set_trace_callback(statements.append)
+        sink.write(AuditEvent(event_type="y", actor="after-connect"))
+        sink.database.connection().set_trace_callback(None)
+    # (SQLite traces the statement again for each step of the append trigger.)
+    assert statements, statements
+    assert all(s.startswith("INSERT INTO") for s in statements), statements
+    assert verify(f"sqlite:///{path}").ok
+    assert [(4, "after-connect")] == _events_in_order(path)[3:]
 
 
 def test_an_event_a_receiver_broke_is_counted_lost_not_raised(tmp_path, caplog):
