@@ -18,15 +18,17 @@ Two modes:
 Every write appends to the hash chain (:mod:`auditaspect.integrity`) so that
 concurrent writers still form one chain. On SQLite, outside a caller's
 transaction, a write is one INSERT in autocommit, numbered after the head
-this sink last wrote or read; the append trigger and the primary key refuse
+this sink last wrote or read (at connect, the log's last row); the append
+trigger and the primary key refuse
 it whole if another writer got in first, and the sink then takes the locked
 path: the database's write lock (``BEGIN IMMEDIATE``; on PostgreSQL always,
 a transaction-scoped advisory lock), read the head, insert.
 
-Rows (:mod:`auditaspect.rows`) are written with INSERT statements compiled
-once by peewee from :class:`AuditRecord` (the single definition of the table)
-and executed on the driver's cursor (``COPY`` for PostgreSQL batches): peewee
-spends most of a single-row insert building SQL.
+Rows (:mod:`auditaspect.rows`) are written with the INSERT compiled once by
+peewee from :class:`AuditRecord` (the single definition of the table; a
+SQLite batch repeats its one-row values) and executed on the driver's cursor
+(``COPY`` for PostgreSQL batches): peewee spends most of a single-row insert
+building SQL. The driver's errors there are raised as peewee's.
 
 When a write fails, the default is fail-open with spill: the audited call
 goes on, and the redacted event is appended (fsync'd) to a spill file, then
