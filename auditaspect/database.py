@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sqlite3
+import time
 from typing import Any
 from urllib.parse import quote, unquote, urlparse
 
@@ -110,6 +112,43 @@ def _create_private(path: str) -> None:
     os.close(fd)
 
 
+def _switch_to_wal(path: str) -> None:
+    """Put a SQLite file in WAL mode before peewee opens it, waiting out other openers.
+
+    Switching a file to WAL takes a lock that SQLite's busy timeout does not
+    wait for: processes opening a new file at the same moment (the workers of
+    a first deployment) failed to connect with "database is locked", and one
+    of them then spilled every event. Here the switch is tried again until the
+    busy timeout; a file in WAL mode already costs one query. Gives up
+    silently (peewee's own switch at connect then reports the error), and so
+    for a file it cannot open.
+    """
+    if path in ("", ":memory:") or path.startswith("file:"):
+        return
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT
+    delay = 0.001
+    try:
+        conn = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT, isolation_level=None)
+    except sqlite3.Error:  # pragma: no cover - connecting will say why
+        return
+    try:
+        while True:
+            try:
+                # A refused switch may also answer with the mode it kept.
+                if conn.execute("PRAGMA journal_mode = wal").fetchone()[0] == "wal":
+                    return
+            except sqlite3.Error as exc:
+                # Not a lock (not a database, a read-only disk): connecting will say so.
+                if not isinstance(exc, sqlite3.OperationalError) or "locked" not in str(exc):
+                    return
+            if time.monotonic() + delay > deadline:
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+    finally:
+        conn.close()
+
+
 # Pool limits for postgresql:// URLs (playhouse.pool): a thread holds one
 # connection while it writes; connections idle for 5 minutes are recycled.
 POOL_MAX_CONNECTIONS = 32
@@ -164,6 +203,7 @@ def open_database(database: peewee.Database | str | None) -> tuple[peewee.Databa
             if not path:
                 raise ValueError(f"{url!r} names no file; use sqlite:///audit.db")
             _create_private(path)
+            _switch_to_wal(path)
             return (
                 peewee.SqliteDatabase(
                     path,

@@ -344,3 +344,49 @@ def test_multiprocessing_children_flush_their_buffered_events(tmp_path, method):
     )
     assert 0 == result.returncode, result.stderr
     assert int(result.stdout.strip()) == count_rows(db)
+
+
+FIRST_START = """
+import sys, time
+from auditaspect import AuditEvent, PeeweeSink
+
+path, start = sys.argv[1], float(sys.argv[2])
+while time.time() < start:  # every process imported: connect at one moment
+    pass
+with PeeweeSink(f"sqlite:///{path}") as sink:
+    for _ in range(5):
+        sink.write(AuditEvent(event_type="first_start"))
+    stats = sink.stats
+print(stats.written, stats.spilled, stats.failed)
+"""
+
+
+def test_processes_opening_a_new_file_at_once_all_write(tmp_path):
+    """Workers of a first deployment (gunicorn's, say) open a SQLite file that does
+    not exist yet at the same moment: each connects and writes its rows at once.
+
+    Switching a new file to WAL takes a lock SQLite's busy timeout does not wait
+    for; it used to fail one worker's connect with "database is locked" in most
+    such starts, and that worker spilled every event until the next replay."""
+    import time
+
+    from auditaspect import verify
+
+    for trial in range(6):
+        path = tmp_path / f"first-{trial}.db"
+        start = f"{time.time() + 1.5:.3f}"
+        children = [
+            subprocess.Popen(
+                [sys.executable, "-c", FIRST_START, str(path), start],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(4)
+        ]
+        results = [child.communicate(timeout=120) for child in children]
+        for (out, err), child in zip(results, children, strict=True):
+            assert 0 == child.returncode, err
+            assert "5 0 0" == out.strip(), (trial, out, err)
+        assert 20 == count_rows(path)
+        assert verify(f"sqlite:///{path}").ok
