@@ -119,9 +119,9 @@ def _switch_to_wal(path: str) -> None:
     wait for: processes opening a new file at the same moment (the workers of
     a first deployment) failed to connect with "database is locked", and one
     of them then spilled every event. Here the switch is tried again until the
-    busy timeout; a file in WAL mode already costs one query. Gives up
-    silently (peewee's own switch at connect then reports the error), and so
-    for a file it cannot open.
+    busy timeout; a file in WAL mode already costs one query. On any other
+    error, and after the busy timeout, it gives up without a word: peewee's
+    own switch when it connects then raises what is wrong.
     """
     if path in ("", ":memory:") or path.startswith("file:"):
         return

@@ -19,10 +19,10 @@ Every write appends to the hash chain (:mod:`auditaspect.integrity`) so that
 concurrent writers still form one chain. On SQLite, outside a caller's
 transaction, a write is one INSERT in autocommit, numbered after the head
 this sink last wrote or read (at connect, the log's last row); the append
-trigger and the primary key refuse
-it whole if another writer got in first, and the sink then takes the locked
-path: the database's write lock (``BEGIN IMMEDIATE``; on PostgreSQL always,
-a transaction-scoped advisory lock), read the head, insert.
+trigger and the primary key refuse it whole if another writer got in first,
+and the sink then takes the locked path: the database's write lock (``BEGIN
+IMMEDIATE``; on PostgreSQL always, a transaction-scoped advisory lock), read
+the head, insert.
 
 Rows (:mod:`auditaspect.rows`) are written with the INSERT compiled once by
 peewee from :class:`AuditRecord` (the single definition of the table; a
