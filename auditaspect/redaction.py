@@ -453,20 +453,25 @@ class _Walk:
                 return repr(value)  # NaN is not JSON
             return 0.0 if value == 0 else value  # -0.0 does not survive JSONB
         if kind is dict or kind is list or kind is tuple:
-            if not self.enter(value, depth):
-                return CYCLE_MARKER if self.active and id(value) in self.active else DEPTH_MARKER
+            marker = self.refused(value, depth)
+            if marker is not None:
+                return marker
             return self.mapping(value, depth) if kind is dict else self.sequence(value, depth)
         return self.other(value, depth)
 
-    def enter(self, value: Any, depth: int) -> bool:
-        """Whether to walk into a container; without a cycle guard, :class:`_Deep`
-        at :data:`MAX_DEPTH` (a cycle, or nesting deeper than real details)."""
+    def refused(self, value: Any, depth: int) -> str | None:
+        """The marker that stands for a container not walked into (a cycle, or
+        :data:`MAX_DEPTH`), or ``None`` to walk into it. Without a cycle guard,
+        :class:`_Deep` at :data:`MAX_DEPTH` (a cycle, or nesting deeper than
+        real details)."""
         active = self.active
         if active is None:
             if depth >= MAX_DEPTH:
                 raise _Deep
-            return True
-        return id(value) not in active and depth < MAX_DEPTH
+            return None
+        if id(value) in active:
+            return CYCLE_MARKER
+        return DEPTH_MARKER if depth >= MAX_DEPTH else None
 
     def other(self, value: Any, depth: int) -> Any:
         if isinstance(value, enum.Enum):
@@ -483,8 +488,9 @@ class _Walk:
         if isinstance(value, float):
             return self.value(float(value), depth)
         if isinstance(value, (Mapping, list, tuple, set, frozenset)):
-            if not self.enter(value, depth):
-                return CYCLE_MARKER if self.active and id(value) in self.active else DEPTH_MARKER
+            marker = self.refused(value, depth)
+            if marker is not None:
+                return marker
             if isinstance(value, Mapping):
                 return self.mapping(value, depth)
             if isinstance(value, (set, frozenset)):
