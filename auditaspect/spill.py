@@ -198,7 +198,10 @@ class SpillFile:
         with self._locked(self.path):
             self._sequence += 1
             target = f"{self.path}{_REPLAYING}-{os.getpid()}-{self._sequence}"
-            os.rename(self.path, target)
+            try:
+                os.rename(self.path, target)
+            except FileNotFoundError:  # another process renamed it while we waited: theirs
+                return claimed
         return [*claimed, target]
 
     def _replay_file(self, path: str, write: Callable[[list[AuditEvent]], int], batch: int) -> int:

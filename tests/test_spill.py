@@ -400,3 +400,29 @@ def test_replay_memory_does_not_grow_with_the_backlog(tmp_path):
         assert count == replayed
         growth[count] = grown_mb
     assert growth[100_000] <= growth[10_000] + 24, growth
+
+
+def test_a_spill_file_another_process_claimed_first_is_left_to_it(tmp_path):
+    """Two processes replaying one spill file at once: the one that waited for the
+    file's lock while the other renamed it aside finds nothing left to claim, and
+    says nothing (it used to fail its replay with "No such file or directory")."""
+    import threading
+
+    from auditaspect.spill import SpillFile
+
+    path = tmp_path / "shared.spill.jsonl"
+    first, second = SpillFile(path, origin="db"), SpillFile(path, origin="db")
+    first.append([AuditEvent(event_type="x") for _ in range(3)])
+    got: list[object] = []
+    with first._locked(first.path):  # the first process holds the lock ...
+        waiting = threading.Thread(target=lambda: got.append(second.drain(lambda e: len(e))))
+        waiting.start()
+        waiting.join(0.3)
+        assert waiting.is_alive()  # ... the second waits for it ...
+        os.rename(first.path, f"{first.path}.replaying-other-1")  # ... and the first claims it
+    waiting.join(10)
+    assert [0] == got
+    # The first replays its claim, all of it, once.
+    seen: list[AuditEvent] = []
+    assert 3 == first.drain(lambda events: seen.extend(events) or len(events))
+    assert 3 == len(seen)
