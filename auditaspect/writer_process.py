@@ -22,7 +22,8 @@ Promises, and how they are kept:
   replay, which never writes an ``event_id`` twice), spills for a second,
   then starts a new child, whose connect replays the spill file.
 * Exit: the child ignores SIGINT and SIGTERM (a terminal's Ctrl-C or a
-  service manager signals the whole group) and leaves when its stdin closes:
+  service manager signals the whole group), from the moment it is forked
+  (it starts with both blocked), and leaves when its stdin closes:
   when the parent closes the sink or exits, however it exits, after the
   batches already sent are written.
 * Fork: a forked child of the application forgets the parent's writer
@@ -68,6 +69,8 @@ _CHILD = (
 # than any write can take (SQLite's busy timeout, PostgreSQL's lock timeout,
 # a spill) by far; a child that takes longer is taken for hung.
 ANSWER_TIMEOUT = 120.0
+# What a terminal or a service manager sends the application's process group.
+_GROUP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 # The child's counters the parent adds to its own stats.
 COUNTS = ("written", "spilled", "replayed", "failed", "quarantined", "lost")
 
@@ -245,15 +248,24 @@ class WriterProcess:
             self._discard(child)
         child = None
         try:
-            child = subprocess.Popen(
-                [sys.executable, "-c", _CHILD],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                bufsize=0,
-                close_fds=True,
-                # Out of the terminal's process group: Ctrl-C is the parent's.
-                start_new_session=True,
-            )
+            # The child is in the application's process group from the fork
+            # until its setsid, and dies of SIGINT/SIGTERM until main() ignores
+            # them: it starts with both blocked (the mask is inherited through
+            # fork and exec), so one sent to the group meanwhile stays pending
+            # and main() discards it.
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, _GROUP_SIGNALS)
+            try:
+                child = subprocess.Popen(
+                    [sys.executable, "-c", _CHILD],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    bufsize=0,
+                    close_fds=True,
+                    # Out of the terminal's process group: Ctrl-C is the parent's.
+                    start_new_session=True,
+                )
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             assert child.stdin is not None
             _widen_pipe(child.stdin.fileno())
             _write_message(child.stdin.fileno(), self._config)
@@ -295,8 +307,11 @@ def main() -> int:  # pragma: no cover - runs in the writer process (test_writer
     """The child: read the config, then batches of rows; answer each with counts."""
     # The parent decides when the child stops (by closing the pipe): a
     # signal meant for the application's process group must not cut a batch.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Ignoring a blocked signal discards it if pending: one sent to the group
+    # while this process was still in it (see WriterProcess._started).
+    for signum in _GROUP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _GROUP_SIGNALS)
     logging.basicConfig(
         level=logging.WARNING,
         format=f"auditaspect writer process {os.getpid()}: %(levelname)s %(message)s",
