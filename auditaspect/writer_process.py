@@ -21,9 +21,10 @@ Promises, and how they are kept:
   itself (events the child had committed before dying are skipped by the
   replay, which never writes an ``event_id`` twice), spills for a second,
   then starts a new child, whose connect replays the spill file.
-* Exit: the child ignores SIGINT and SIGTERM (a terminal's Ctrl-C or a
-  service manager signals the whole group), from the moment it is forked
-  (it starts with both blocked), and leaves when its stdin closes:
+* Exit: the child ignores SIGINT, SIGTERM and SIGHUP (a terminal's Ctrl-C
+  or hangup, or a service manager, signals the whole group), from the moment
+  it is forked (it starts with them blocked), and leaves when its stdin
+  closes:
   when the parent closes the sink or exits, however it exits, after the
   batches already sent are written.
 * Fork: a forked child of the application forgets the parent's writer
@@ -70,7 +71,7 @@ _CHILD = (
 # a spill) by far; a child that takes longer is taken for hung.
 ANSWER_TIMEOUT = 120.0
 # What a terminal or a service manager sends the application's process group.
-_GROUP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+_GROUP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 # The child's counters the parent adds to its own stats.
 COUNTS = ("written", "spilled", "replayed", "failed", "quarantined", "lost")
 
@@ -249,10 +250,10 @@ class WriterProcess:
         child = None
         try:
             # The child is in the application's process group from the fork
-            # until its setsid, and dies of SIGINT/SIGTERM until main() ignores
-            # them: it starts with both blocked (the mask is inherited through
-            # fork and exec), so one sent to the group meanwhile stays pending
-            # and main() discards it.
+            # until its setsid, and dies of SIGINT, SIGTERM or SIGHUP until
+            # main() ignores them: it starts with them blocked (the mask is
+            # inherited through fork and exec), so one sent to the group
+            # meanwhile stays pending and main() discards it.
             mask = signal.pthread_sigmask(signal.SIG_BLOCK, _GROUP_SIGNALS)
             try:
                 child = subprocess.Popen(

@@ -188,8 +188,8 @@ STORM_APP = textwrap.dedent(
     from auditaspect import PeeweeSink, audited
 
     # The application survives the storm; its writer processes must too.
-    signal.signal(signal.SIGTERM, lambda *_: None)
-    signal.signal(signal.SIGINT, lambda *_: None)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda *_: None)
 
     @audited("resource_modified")
     def touch(resource_id):
@@ -210,8 +210,8 @@ STORM_APP = textwrap.dedent(
 
 
 def test_writer_processes_started_during_a_signal_storm_survive_it(tmp_path):
-    """SIGTERM and SIGINT sent to the application's group while it starts writer
-    processes: none dies of them, however early in its start the signal lands.
+    """SIGTERM, SIGINT and SIGHUP sent to the application's group while it starts
+    writer processes: none dies of them, however early in its start one lands.
 
     Each writer process leaves the group at once (its own session), but before
     that it is in the group for a moment, and then until it ignores the signals
@@ -233,11 +233,11 @@ def test_writer_processes_started_during_a_signal_storm_survive_it(tmp_path):
     assert app.stdout is not None
     with app, app.stdout:
         assert "ready" == app.stdout.readline().strip()
-        signals = (signal.SIGTERM, signal.SIGINT)
+        signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         sent = 0
         deadline = time.monotonic() + 120
         while not select.select([app.stdout], [], [], 0)[0] and time.monotonic() < deadline:
-            os.killpg(app.pid, signals[sent % 2])
+            os.killpg(app.pid, signals[sent % 3])
             sent += 1
             time.sleep(0.0002)
         assert "0" == app.stdout.readline().strip()  # no batch spilled
