@@ -35,7 +35,7 @@ from typing import Any
 import attrs
 import peewee
 
-from .database import close_database, database_origin, open_database
+from .database import close_database, database_origin, open_readonly
 from .integrity import GENESIS
 from .model import TABLE_NAME, format_timestamp
 
@@ -282,8 +282,12 @@ def checkpoint(
     An empty log gives the empty checkpoint (``last_id`` 0, the genesis
     hash), which every log extends. Export it (``to_dict()``, or
     :func:`write_checkpoint_file`) to storage the log's writers cannot change.
+
+    A URL is opened read-only (:func:`~auditaspect.database.open_readonly`):
+    nothing in the log changes and no file is created; a SQLite URL that
+    names no file is a ``ValueError``.
     """
-    db, owned = open_database(database)
+    db, owned = open_readonly(database)
     try:
         last_id, head = read_head(db)
         origin = database_origin(db, TABLE_NAME)

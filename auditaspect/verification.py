@@ -32,7 +32,7 @@ import attrs
 import peewee
 
 from .checkpoints import Checkpoint, TrustedKey, keyring
-from .database import close_database, open_database
+from .database import close_database, open_readonly
 from .errors import first_line
 from .integrity import (
     CHAINED_FIELDS,
@@ -153,18 +153,30 @@ def verify(
     list of them) every checkpoint must carry a valid signature from it.
     ``progress`` is called with the number of rows read after each page.
 
+    A URL is opened read-only, as the ``auditaspect`` command line does
+    (:func:`~auditaspect.database.open_readonly`): verifying changes no byte
+    of the log and creates no file, so a copy kept as evidence keeps its hash.
+    A ``Database`` object is used as it is.
+
     Never raises for what the database holds: a broken chain, a corrupt
     page or a missing table is reported. Raises only for bad arguments, before
     reading anything: ``ValueError`` (an empty key, a malformed checkpoint or
-    public key), ``OSError`` (a key file that cannot be read), ``ImportError``
-    (``public_key`` without ``auditaspect[signing]``).
+    public key, a SQLite URL that names no file), ``OSError`` (a key file
+    that cannot be read), ``ImportError`` (``public_key`` without
+    ``auditaspect[signing]``, a URL whose driver is not installed).
     """
     keys = resolve_keys(chain_key)
     by_id = {key_id(k): k for k in keys}
     marks = _marks(checkpoint)
     trusted = keyring(public_key)
-    db, owned = open_database(database)
     findings = _Findings()
+    try:
+        db, owned = open_readonly(database)
+    except (ValueError, ImportError):
+        raise  # no such file, an unknown scheme, no driver: the argument is wrong
+    except Exception as exc:  # not a database, or a damaged one: reported below
+        findings.add("unreadable", None, f"the database cannot be read: {first_line(exc)}")
+        return _report(findings, 0, None, marks)
     try:
         if owned and isinstance(db, peewee.SqliteDatabase):
             # Text that is not UTF-8 (bytes cast to TEXT by a forger) is one

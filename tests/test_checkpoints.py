@@ -528,3 +528,23 @@ def test_verify_shows_progress_on_a_terminal(tmp_path):
     assert b"verified 2,000 rows" in shown
     assert b"verified 2,100 rows" in shown
     assert "verified" not in result.stdout
+
+
+def test_checkpoint_reads_the_log_without_changing_it(tmp_path):
+    """checkpoint(url) of a log in rollback-journal mode (a copy, a log another
+    tool wrote) changes no byte of it and creates no file; a path that names no
+    file is a ValueError, and creates none."""
+    path = tmp_path / "log" / "audit.db"
+    path.parent.mkdir()
+    write(f"sqlite:///{path}", 3)
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=delete")
+    conn.close()
+    before = path.read_bytes()
+    mark = checkpoint(f"sqlite:///{path}")
+    assert 3 == mark.last_id
+    assert before == path.read_bytes()
+    assert ["audit.db"] == sorted(p.name for p in path.parent.iterdir())
+    with pytest.raises(ValueError, match="no database file"):
+        checkpoint(f"sqlite:///{path.parent / 'audit.sqlite'}")
+    assert ["audit.db"] == sorted(p.name for p in path.parent.iterdir())

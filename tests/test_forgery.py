@@ -560,6 +560,30 @@ def test_verify_reports_what_it_cannot_read(tmp_path, log):
         verify(url, chain_key=[])
 
 
+def test_verify_leaves_the_evidence_as_it_found_it(tmp_path, log):
+    """An auditor verifies the copy of a log they were handed (one file, in
+    rollback-journal mode): verify() changes no byte of it and leaves no file
+    beside it. A path that names no file is a ValueError, and creates none."""
+    _, path = log
+    evidence = tmp_path / "evidence" / "copy.db"
+    evidence.parent.mkdir()
+    source, copy = sqlite3.connect(path), sqlite3.connect(evidence)
+    source.backup(copy)
+    copy.execute("PRAGMA journal_mode=delete")
+    (rows,) = copy.execute("SELECT count(*) FROM audit_log").fetchone()
+    copy.close()
+    source.close()
+    before = evidence.read_bytes()
+    report = verify(f"sqlite:///{evidence}")
+    assert (True, rows) == (report.ok, report.rows_checked), report.breaks
+    assert before == evidence.read_bytes()
+    assert ["copy.db"] == sorted(p.name for p in evidence.parent.iterdir())
+    typo = evidence.parent / "copy.sqlite"
+    with pytest.raises(ValueError, match="no database file"):
+        verify(f"sqlite:///{typo}")
+    assert ["copy.db"] == sorted(p.name for p in evidence.parent.iterdir())
+
+
 def test_a_version_2_log_verifies_before_its_upgrade(tmp_path):
     """verify() reads a log an older release wrote, without changing it."""
     from auditaspect.integrity import legacy_payload

@@ -219,7 +219,11 @@ def test_checkpoint_of_an_empty_log_and_bad_checkpoints(tmp_path):
 
 def test_missing_table_is_reported_not_raised(tmp_path):
     """verify() on a database without audit_log says so."""
-    report = verify(f"sqlite:///{tmp_path / 'nothing.db'}")
+    path = tmp_path / "nothing.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE unrelated (x)")
+    conn.close()
+    report = verify(f"sqlite:///{path}")
     assert (False, 0) == (report.ok, report.rows_checked)
     assert "no audit_log table" == report.reason
 
