@@ -203,12 +203,10 @@ class WriterProcess:
             except (OSError, pickle.PickleError, EOFError) as exc:
                 self._failed(child, f"the audit writer process failed: {exc}")
             if not isinstance(answer, dict):
-                code = child.poll()
                 self._failed(
                     child,
-                    "the audit writer process exited"
-                    + (f" with status {code}" if code is not None else "")
-                    + " before it answered for a batch; see its log lines above",
+                    "the audit writer process closed its pipe before it answered for a"
+                    " batch; see its log lines above",
                 )
             self._unanswered.popleft()
             for name in COUNTS:
@@ -219,7 +217,7 @@ class WriterProcess:
         self._discard(child)
         rows = [row for batch in self._unanswered for row in batch]
         self._unanswered.clear()
-        raise WriterProcessError(message, rows)
+        raise WriterProcessError(f"{message}; {_how_it_ended(child)}", rows)
 
     def after_fork_in_child(self) -> None:  # pragma: no cover - forked child
         # The parent's writer process is not ours. Close our copies of its
@@ -240,7 +238,7 @@ class WriterProcess:
             return child
         if child is not None and self._pid == os.getpid():
             if len(self._unanswered) > 1:  # it died with a batch not answered for
-                self._failed(child, f"the audit writer process exited with status {child.poll()}")
+                self._failed(child, "the audit writer process died with a batch unanswered")
             logger.warning(
                 "audit writer process %d exited with status %s; starting another",
                 child.pid,
@@ -271,11 +269,15 @@ class WriterProcess:
             _widen_pipe(child.stdin.fileno())
             _write_message(child.stdin.fileno(), self._config)
         except OSError as exc:
+            ended = ""
             if child is not None:  # started, but gone before it read its config
                 self._discard(child)
+                ended = f"; {_how_it_ended(child)}"
             rows = [row for batch in self._unanswered for row in batch]
             self._unanswered.clear()
-            raise WriterProcessError(f"cannot start the audit writer process: {exc}", rows) from exc
+            raise WriterProcessError(
+                f"cannot start the audit writer process: {exc}{ended}", rows
+            ) from exc
         self._child, self._pid = child, os.getpid()
         logger.info("audit writer process %d started", child.pid)
         return child
@@ -298,6 +300,15 @@ class WriterProcess:
         for stream in (child.stdin, child.stdout):
             if stream is not None:
                 stream.close()
+
+
+def _how_it_ended(child: subprocess.Popen[bytes]) -> str:
+    """How a discarded child ended, for the one-line error: its status or its signal."""
+    code = child.returncode
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return f"it was killed by {signal.Signals(-code).name}"
+    return f"it exited with status {code}"
 
 
 # Children a forked process inherited and forgot: kept from Popen.__del__.
