@@ -240,9 +240,9 @@ class WriterProcess:
             if len(self._unanswered) > 1:  # it died with a batch not answered for
                 self._failed(child, "the audit writer process died with a batch unanswered")
             logger.warning(
-                "audit writer process %d exited with status %s; starting another",
+                "audit writer process %d ended (%s); starting another",
                 child.pid,
-                child.poll(),
+                _how_it_ended(child),
             )
             self._discard(child)
         child = None
