@@ -161,7 +161,8 @@ def verify(
     Never raises for what the database holds: a broken chain, a corrupt
     page or a missing table is reported. Raises only for bad arguments, before
     reading anything: ``ValueError`` (an empty key, a malformed checkpoint or
-    public key, a SQLite URL that names no file), ``OSError`` (a key file
+    public key, a SQLite URL that names no file or one that cannot be read
+    read-only where it is, as ``open_readonly`` says), ``OSError`` (a key file
     that cannot be read), ``ImportError`` (``public_key`` without
     ``auditaspect[signing]``, a URL whose driver is not installed).
     """
